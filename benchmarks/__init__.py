@@ -1,0 +1,1 @@
+"""Benchmark harness and the scripts that regenerate the README tables."""

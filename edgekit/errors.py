@@ -1,0 +1,61 @@
+"""Errors a user can act on.
+
+Every error that reaches the CLI is an :class:`EdgekitError`; the CLI prints its message as one line and
+exits non-zero (``-v`` shows the traceback). Library code raises these instead of ``assert`` so that a
+missing file, an unknown name or a corrupt artifact never surfaces as a wall of framework internals.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class EdgekitError(Exception):
+    """Base class: the message is written for the user, in one line."""
+
+    exit_code = 1
+
+
+class BadInputError(EdgekitError):
+    """A file, folder or value given by the user is missing, corrupt or of the wrong shape."""
+
+    exit_code = 2
+
+
+class UnknownNameError(EdgekitError):
+    """A name (model, format, runtime, ...) that is not registered; suggests the closest ones."""
+
+    exit_code = 2
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")
+        self.name = name
+        self.suggestions = close
+
+
+class MissingExtraError(EdgekitError):
+    """An optional dependency is not installed; names the exact extra to install."""
+
+    exit_code = 3
+
+    def __init__(self, package: str, extra: str, purpose: str = ""):
+        what = f" (needed for {purpose})" if purpose else ""
+        super().__init__(f"{package} is not installed{what}. Install it with: pip install \"edgekit[{extra}]\"")
+        self.package = package
+        self.extra = extra
+
+
+def require(module: str, extra: str, purpose: str = ""):
+    """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        # Only a missing top-level package is the user's to fix with an extra; a broken install is not.
+        if exc.name and exc.name.split(".")[0] == module.split(".")[0]:
+            raise MissingExtraError(module.split(".")[0], extra, purpose) from exc
+        raise

@@ -1,0 +1,193 @@
+"""The model spec: the single source of truth for what a model expects and what it outputs.
+
+A :class:`ModelSpec` travels with every checkpoint (and later every exported artifact). Training,
+evaluation, calibration and deployment all build their preprocessing from it through
+:func:`preprocess`, so the numbers a model sees on a Raspberry Pi are the numbers it saw in training.
+Preprocessing mismatch is the most common silent bug in edge deployment; this module exists to make it
+impossible by construction.
+
+Only numpy (and OpenCV for resizing) is needed here: a device with nothing but onnxruntime can read a spec.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BadInputError
+
+SPEC_FORMAT = "edgekit-spec/1"
+COLORS = ("RGB", "BGR", "GRAY")
+TASKS = ("image", "clip")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# Fashion-MNIST's class names, in label order (https://github.com/zalandoresearch/fashion-mnist, MIT).
+FASHION_MNIST_LABELS = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the network takes and gives.
+
+    ``color`` is the colour order the *network* expects; ``channels`` how many planes it takes (a
+    grayscale source fed to an ImageNet backbone is replicated to 3 planes). Pixel values are first
+    scaled by ``scale`` (1/255 maps uint8 to [0, 1]) and then normalised per channel with ``mean``/``std``.
+    """
+
+    arch: str
+    labels: tuple[str, ...]
+    input_size: tuple[int, int] = (32, 32)  # (height, width)
+    channels: int = 3
+    color: str = "RGB"
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    task: str = "image"
+    binary: bool = False  # one logit (sigmoid) instead of one per class (softmax)
+    precision: str = "fp32"
+    quantization: dict[str, Any] = field(default_factory=dict)
+    source_checkpoint_sha256: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Frozen dataclasses cannot assign normally; normalise list-valued JSON input to tuples.
+        for name in ("labels", "input_size", "mean", "std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems = []
+        if self.color not in COLORS:
+            problems.append(f"color must be one of {COLORS}, got {self.color!r}")
+        if self.task not in TASKS:
+            problems.append(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            problems.append(f"layout must be NCHW or NHWC, got {self.layout!r}")
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            problems.append(f"input_size must be (height, width) > 0, got {self.input_size}")
+        if self.channels not in (1, 3):
+            problems.append(f"channels must be 1 or 3, got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            problems.append(f"mean/std need {self.channels} values each")
+        if any(s <= 0 for s in self.std):
+            problems.append("std values must be > 0")
+        if len(self.labels) < 2:
+            problems.append("a classifier needs at least 2 labels")
+        if self.binary and len(self.labels) != 2:
+            problems.append("binary=True needs exactly 2 labels")
+        if problems:
+            raise BadInputError("invalid model spec: " + "; ".join(problems))
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.binary else len(self.labels)
+
+    def replace(self, **changes: Any) -> "ModelSpec":
+        return dataclasses.replace(self, **changes)
+
+    # --- serialisation: plain JSON so that any device can read it with the standard library ---------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["format"] = SPEC_FORMAT
+        for name in ("labels", "input_size", "mean", "std"):
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        if not isinstance(data, dict):
+            raise BadInputError(f"model spec must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        fmt = data.pop("format", SPEC_FORMAT)
+        if fmt != SPEC_FORMAT:
+            raise BadInputError(f"unsupported spec format {fmt!r} (this edgekit reads {SPEC_FORMAT})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInputError(f"model spec has unknown fields: {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # missing required fields
+            raise BadInputError(f"incomplete model spec: {exc}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"model spec is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelSpec":
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f"spec file not found: {path}")
+        return cls.from_json(path.read_text(encoding="utf-8"))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _convert_color(image: np.ndarray, source: str, target: str) -> np.ndarray:
+    """Convert an HxW or HxWx3 uint8 image from ``source`` colour order to ``target`` (HxWxC)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if source == "GRAY" or image.shape[2] == 1:
+        gray = image[:, :, :1]
+        return gray if target == "GRAY" else np.repeat(gray, 3, axis=2)
+    if target == "GRAY":
+        # ITU-R BT.601 luma, the weights OpenCV's cvtColor uses.
+        rgb = image if source == "RGB" else image[:, :, ::-1]
+        luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip(luma + 0.5, 0, 255).astype(np.uint8)[:, :, None]
+    return image if source == target else image[:, :, ::-1]
+
+
+def preprocess(image: np.ndarray, spec: ModelSpec, source_color: str = "BGR") -> np.ndarray:
+    """Turn one uint8 image (HxW or HxWxC, as decoded) into the float32 tensor the network takes.
+
+    Returns CHW (or HWC for ``layout="NHWC"``) without the batch axis. ``source_color`` is the order
+    of ``image``: OpenCV decodes BGR, IDX files are GRAY.
+    """
+    if image.dtype != np.uint8:
+        raise BadInputError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+        raise BadInputError(f"expected an HxW or HxWx3 image, got shape {image.shape}")
+    target = "GRAY" if spec.channels == 1 else ("BGR" if spec.color == "BGR" else "RGB")
+    image = _convert_color(image, source_color, target)
+    height, width = spec.input_size
+    if image.shape[:2] != (height, width):
+        import cv2  # only needed when sizes differ; keeps spec importable on a bare numpy install
+
+        # INTER_AREA for shrinking avoids aliasing; INTER_LINEAR for enlarging.
+        shrink = image.shape[0] > height or image.shape[1] > width
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        if image.ndim == 2:
+            image = image[:, :, None]
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
+    out = (image.astype(np.float32) * np.float32(spec.scale) - mean) / std
+    return np.ascontiguousarray(out.transpose(2, 0, 1) if spec.layout == "NCHW" else out)

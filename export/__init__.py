@@ -1,0 +1,1 @@
+"""Export to deployable formats (ONNX, OpenVINO IR); see the export issue. Nothing here yet."""

@@ -1,0 +1,96 @@
+"""Model registry: torchvision classifiers with a replaceable head.
+
+Add an architecture by adding a :class:`Arch` entry to ``ARCHS``. Each entry knows how to build the
+backbone, where its classifier input width is, and which ImageNet weights torchvision offers for it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.errors import BadInputError, EdgekitError, UnknownNameError
+from edgekit.training.checkpoint import LOAD_ERRORS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arch:
+    builder: str  # torchvision.models function name
+    weights: str  # torchvision weights enum name (its DEFAULT member is used)
+
+
+ARCHS = {
+    "mobilenet_v2": Arch("mobilenet_v2", "MobileNet_V2_Weights"),
+    "mobilenet_v3_large": Arch("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
+    "mobilenet_v3_small": Arch("mobilenet_v3_small", "MobileNet_V3_Small_Weights"),
+}
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """``hidden=0``: dropout -> linear. ``hidden=64``: linear(features, 64) -> ReLU -> dropout -> linear."""
+
+    dropout: float = 0.2
+    hidden: int = 0
+
+
+def get_arch(name: str) -> Arch:
+    if name not in ARCHS:
+        raise UnknownNameError("model", name, ARCHS)
+    return ARCHS[name]
+
+
+def build_model(name: str, num_outputs: int, head: HeadConfig = HeadConfig(), weights: str = "none"):
+    """Build ``name`` with a fresh head of ``num_outputs`` logits.
+
+    ``weights``: ``"none"`` (random init), ``"imagenet"`` (torchvision's weights, from its cache or the
+    network) or the path of a torchvision ``.pth`` state dict for the full ImageNet model.
+    """
+    import torch.nn as nn
+    import torchvision.models as tvm
+
+    arch = get_arch(name)
+    model = getattr(tvm, arch.builder)()
+    if weights != "none":
+        model.load_state_dict(_imagenet_state_dict(name, arch, weights))
+    # All three torchvision models end in ``classifier``, a Sequential whose last layer is the ImageNet
+    # linear; its dropout (if any) sits right before it. MobileNetV3 keeps its wide hidden layer.
+    width = model.classifier[-1].in_features
+    layers: list = []
+    if head.hidden:
+        layers += [nn.Linear(width, head.hidden), nn.ReLU(inplace=True)]
+    layers += [nn.Dropout(head.dropout), nn.Linear(head.hidden or width, num_outputs)]
+    kept = [m for m in list(model.classifier)[:-1] if not isinstance(m, nn.Dropout)]
+    model.classifier = nn.Sequential(*kept, *layers)
+    return model
+
+
+def _imagenet_state_dict(name: str, arch: Arch, weights: str) -> dict:
+    import torch
+    import torchvision.models as tvm
+
+    if weights != "imagenet":
+        path = Path(weights)
+        if not path.is_file():
+            raise BadInputError(f"weights file not found: {path}")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except LOAD_ERRORS as exc:
+            raise BadInputError(f"cannot read weights file {path}: {exc}") from exc
+    enum = getattr(tvm, arch.weights).DEFAULT
+    try:
+        return enum.get_state_dict(progress=False)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; offline it surfaces as one
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        raise EdgekitError(
+            f"cannot load ImageNet weights for {name}: not in the torchvision cache and the download failed "
+            f"({type(exc).__name__}). Put {Path(enum.url).name} at {cache}, pass --weights FILE, "
+            f"or train from scratch with --weights none."
+        ) from exc
+
+
+def feature_blocks(model) -> list:
+    """The backbone's blocks in order (for freezing all but the last N)."""
+    return list(model.features)

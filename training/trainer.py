@@ -1,0 +1,252 @@
+"""`edgekit train`: fit a registered classifier on an image data set and report test metrics.
+
+Recipe: Adam, ReduceLROnPlateau on the validation loss, early stopping, seeded. With pretrained weights
+the fit has two stages: the head alone on a frozen backbone, then the last N backbone blocks too at a
+lower learning rate, with their BatchNorm layers kept in eval mode (small data sets would otherwise
+wreck the ImageNet statistics).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import BadInputError
+from edgekit.spec import ModelSpec
+from edgekit.training.checkpoint import Checkpoint, save_checkpoint, torch_versions
+from edgekit.training.data import ImageTable, assign_splits, load_table
+from edgekit.training.metrics import classification_report, format_report
+from edgekit.training.models import HeadConfig, build_model, get_arch
+from edgekit.training.torchdata import make_loader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    model: str = "mobilenet_v2"
+    out: str = "runs/train"
+    weights: str = "imagenet"  # "imagenet", "none" or a .pth file
+    input_size: int = 32
+    epochs: int = 10
+    head_epochs: int = 2  # stage 1 (frozen backbone); pretrained weights only
+    unfreeze_blocks: int = -1  # stage 2: last N backbone blocks trainable, -1 = all
+    batch_size: int = 64
+    lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    weight_decay: float = 0.0
+    dropout: float = 0.2
+    hidden: int = 0
+    binary: bool | None = None  # None: binary when there are exactly two classes
+    pos_weight: float | None = None  # None: negatives / positives of the training split
+    class_weights: bool = False  # inverse-frequency cross-entropy weights
+    patience: int = 4
+    lr_patience: int = 1
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    group_column: str | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    limit: int = 0  # use at most this many training images (0 = all), for quick runs
+    hflip: bool = False
+    seed: int = 0
+    workers: int = 0
+    threads: int = 0  # 0 = torch's default
+
+    def __post_init__(self) -> None:
+        get_arch(self.model)  # unknown names fail before any data is read
+        if self.epochs < 1 or self.batch_size < 1 or self.input_size < 16:
+            raise BadInputError("epochs and batch size must be >= 1 and input size >= 16")
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: TrainConfig) -> ImageTable:
+    csv_options = {"path_column": cfg.path_column, "label_column": cfg.label_column,
+                   "group_column": cfg.group_column} if str(cfg.data).lower().endswith(".csv") else {}
+    table = load_table(cfg.data, **csv_options)
+    assign_splits(table, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed)
+    if cfg.limit:
+        train = table.indices("train")
+        drop = np.random.default_rng(cfg.seed).permutation(train)[cfg.limit:]
+        table.split[drop] = "unused"
+    return table
+
+
+def make_spec(cfg: TrainConfig, table: ImageTable) -> ModelSpec:
+    binary = len(table.class_names) == 2 if cfg.binary is None else cfg.binary
+    return ModelSpec(arch=cfg.model, labels=table.class_names, input_size=(cfg.input_size, cfg.input_size),
+                     binary=binary, versions=torch_versions())
+
+
+def make_loss(cfg: TrainConfig, spec: ModelSpec, table: ImageTable):
+    import torch
+
+    counts = table.class_counts("train").astype(np.float64)
+    if spec.binary:
+        weight = cfg.pos_weight if cfg.pos_weight is not None else counts[0] / max(counts[1], 1.0)
+        return torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([weight], dtype=torch.float32))
+    weights = None
+    if cfg.class_weights:
+        weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1.0)), dtype=torch.float32)
+    return torch.nn.CrossEntropyLoss(weight=weights)
+
+
+def set_trainable(model, stage: str, unfreeze_blocks: int) -> list:
+    """Stage "all": everything trains. "head": classifier only. "finetune": classifier + last N blocks."""
+    blocks = list(model.features)
+    trainable = set()
+    if stage == "all" or (stage == "finetune" and unfreeze_blocks < 0):
+        trainable = set(range(len(blocks)))
+    elif stage == "finetune":
+        trainable = set(range(len(blocks) - unfreeze_blocks, len(blocks)))
+    for i, block in enumerate(blocks):
+        for p in block.parameters():
+            p.requires_grad = i in trainable
+    for p in model.classifier.parameters():
+        p.requires_grad = True
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _freeze_batchnorm(model) -> None:
+    import torch.nn as nn
+
+    for module in model.features.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+
+
+def _targets(y, binary: bool):
+    return y.float().unsqueeze(1) if binary else y
+
+
+def run_epoch(model, loader, loss_fn, binary: bool, optimizer=None, freeze_bn: bool = False, desc: str = ""):
+    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy, logits, labels)."""
+    import torch
+    from tqdm import tqdm
+
+    model.train(optimizer is not None)
+    if optimizer is not None and freeze_bn:
+        _freeze_batchnorm(model)
+    total_loss, outputs, labels = 0.0, [], []
+    with torch.set_grad_enabled(optimizer is not None):
+        bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None)
+        for x, y in bar:
+            logits = model(x)
+            loss = loss_fn(logits, _targets(y, binary))
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            total_loss += loss.detach().item() * len(y)
+            outputs.append(logits.detach().numpy())
+            labels.append(y.numpy())
+            bar.set_postfix(loss=f"{loss.detach().item():.3f}")
+    logits, labels = np.concatenate(outputs), np.concatenate(labels)
+    preds = (logits.reshape(-1) > 0).astype(int) if binary else logits.argmax(1)
+    return total_loss / max(len(labels), 1), float((preds == labels).mean()), logits, labels
+
+
+def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec) -> list[dict]:
+    """Run the stages; keeps the weights of the best validation loss in ``model``."""
+    import torch
+
+    pretrained = cfg.weights != "none"
+    stages = [("head", min(cfg.head_epochs, cfg.epochs), cfg.lr),
+              ("finetune", cfg.epochs - min(cfg.head_epochs, cfg.epochs), cfg.finetune_lr)] if pretrained \
+        else [("all", cfg.epochs, cfg.lr)]
+    history, best = [], (float("inf"), copy.deepcopy(model.state_dict()))
+    epoch = 0
+    for stage, epochs, lr in stages:
+        if epochs <= 0:
+            continue
+        params = set_trainable(model, stage, cfg.unfreeze_blocks)
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=cfg.lr_patience)
+        stale = 0
+        for _ in range(epochs):
+            epoch += 1
+            start = time.perf_counter()
+            tr_loss, tr_acc, _, _ = run_epoch(model, loaders["train"], loss_fn, spec.binary, optimizer,
+                                              freeze_bn=stage == "finetune", desc=f"epoch {epoch} {stage}")
+            va_loss, va_acc = (run_epoch(model, loaders["val"], loss_fn, spec.binary, desc="val")[:2]
+                               if loaders.get("val") else (tr_loss, tr_acc))
+            scheduler.step(va_loss)
+            row = {"epoch": epoch, "stage": stage, "train_loss": tr_loss, "train_acc": tr_acc,
+                   "val_loss": va_loss, "val_acc": va_acc, "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - start}
+            history.append(row)
+            log.info("epoch %d (%s): train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f s", epoch, stage,
+                     tr_loss, tr_acc, va_loss, va_acc, row["seconds"])
+            if va_loss < best[0]:
+                best, stale = (va_loss, copy.deepcopy(model.state_dict())), 0
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    log.info("early stopping: no validation improvement for %d epochs", stale)
+                    break
+    model.load_state_dict(best[1])
+    return history
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train", "train"), ("val", "validation")):
+        ax_loss.plot(epochs, [h[f"{key}_loss"] for h in history], marker="o", label=label)
+        ax_acc.plot(epochs, [h[f"{key}_acc"] for h in history], marker="o", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train, evaluate on the test split, write model.pt, metrics.json and curves.png to ``cfg.out``."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    out = Path(cfg.out)
+    table = load_data(cfg)
+    spec = make_spec(cfg, table)
+    model = build_model(cfg.model, spec.num_outputs, HeadConfig(cfg.dropout, cfg.hidden), cfg.weights)
+    loaders = {name: make_loader(table, table.indices(name), spec, cfg.batch_size, train=name == "train",
+                                 hflip=cfg.hflip, seed=cfg.seed, workers=cfg.workers)
+               for name in ("train", "val", "test") if len(table.indices(name))}
+    log.info("data: %s", ", ".join(f"{n} {len(table.indices(n))}" for n in ("train", "val", "test")))
+    start = time.perf_counter()
+    history = fit(model, loaders, make_loss(cfg, spec, table), cfg, spec)
+    train_seconds = time.perf_counter() - start
+    _, _, logits, labels = run_epoch(model, loaders["test"], make_loss(cfg, spec, table), spec.binary, desc="test")
+    report = classification_report(labels, logits, spec.labels, spec.binary)
+    report.update(train_seconds=train_seconds, skipped_images=len(table.skipped), config=asdict(cfg))
+    model_info = {"arch": cfg.model, "head": asdict(HeadConfig(cfg.dropout, cfg.hidden))}
+    path = save_checkpoint(out / "model.pt", Checkpoint(spec, model_info, model.state_dict(), history, report))
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_curves(history, out / "curves.png")
+    return {"checkpoint": path, "report": report, "table": format_report(report), "history": history}
