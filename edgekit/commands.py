@@ -67,6 +67,8 @@ def train(**options) -> None:
               help="static: INT8 weights and activations, calibrated. dynamic: INT8 Linear weights only.")
 @click.option("--engine", type=click.Choice(["auto", "x86", "fbgemm", "qnnpack", "onednn"]), default="auto",
               show_default=True, help="Quantized kernel set; auto picks x86 on Intel/AMD, qnnpack on ARM.")
+@click.option("--reduce-range/--full-range", default=False, show_default=True,
+              help="7-bit activations: avoids int16 saturation on x86 CPUs without VNNI, usually costs accuracy.")
 @click.option("--calib-batches", default=32, show_default=True, help="Calibration batches from the train split.")
 @click.option("--batch", "batch_size", default=32, show_default=True)
 @click.option("--out", default=None, help="Output checkpoint (default: <checkpoint>_int8.pt).")
