@@ -90,7 +90,7 @@ def quantize(checkpoint: str, json_path: str | None, **options) -> None:
 
 @cli.command()
 @click.option("--out", default="runs/demo", show_default=True, help="Output folder.")
-@click.option("--epochs", default=6, show_default=True)
+@click.option("--epochs", default=12, show_default=True)
 @click.option("--threads", default=0, show_default=True)
 def demo(out: str, epochs: int, threads: int) -> None:
     """Run the whole flow on the embedded Fashion-MNIST subset: train, quantize to INT8, compare.

@@ -18,7 +18,7 @@ def embedded_dataset() -> Path:
     return Path(str(resources.files("edgekit") / "data" / "fashion-mnist-mini"))
 
 
-def run_demo(out: str = "runs/demo", epochs: int = 6, threads: int = 0) -> str:
+def run_demo(out: str = "runs/demo", epochs: int = 12, threads: int = 0) -> str:
     start = time.perf_counter()
     data = str(embedded_dataset())
     trained = train(TrainConfig(data=data, model="mobilenet_v2", weights="none", input_size=32, epochs=epochs,

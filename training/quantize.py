@@ -99,9 +99,10 @@ def qconfig_mapping(engine: str, reduce_range: bool = False):
     fixed ranges for sigmoid-like ops), with the activation width made explicit.
 
     torch's x86 default uses 7-bit activations (``reduce_range``) so that AVX2 kernels without VNNI can
-    never saturate their 16-bit intermediate sums. On MobileNetV2 / Fashion-MNIST that costs 0.5 pp of
-    accuracy more than full 8-bit activations (-0.7 vs -0.2 pp, see benchmarks/results), so full range
-    is our default and ``reduce_range=True`` stays available.
+    never saturate their 16-bit intermediate sums. On MobileNetV2 / Fashion-MNIST that costs 0.6 pp of
+    accuracy more than full 8-bit activations (-0.76 vs -0.17 pp, measured on an AVX-512 VNNI Xeon, see
+    benchmarks/results), so full range is our default; on an AVX2-only CPU, compare both with
+    ``--reduce-range`` (the printed FP32 vs INT8 table tells which one wins there).
     """
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import HistogramObserver, default_per_channel_weight_observer

@@ -1,0 +1,81 @@
+"""Shared fixtures: small real data sets written to disk once per session, and one tiny trained model.
+
+Everything is 32x32 or smaller so the whole suite runs in minutes on two CPU cores.
+"""
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 array in the IDX format (gzipped when the name ends in .gz)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + np.ascontiguousarray(array, np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+    return path
+
+
+def blob_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A synthetic BGR test image whose class is visible: a bright square in one of four places."""
+    image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    y, x = divmod(label % 4, 2)
+    half = size // 2
+    image[y * half:(y + 1) * half, x * half:(x + 1) * half] = 220
+    return image
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `edgekit` entry point in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """root/<class>/*.png with three classes of synthetic images."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("cat", "dog", "owl")):
+        (root / name).mkdir()
+        for i in range(20):
+            cv2.imwrite(str(root / name / f"{i:03d}.png"), blob_image(label, rng))
+    return root
+
+
+@pytest.fixture(scope="session")
+def mini_data() -> Path:
+    """The real Fashion-MNIST subset that ships inside the package."""
+    from edgekit.training.demo import embedded_dataset
+
+    return embedded_dataset()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, mini_data) -> dict:
+    """MobileNetV2 trained for one short epoch on 300 embedded images at 32x32."""
+    from edgekit.training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("train")
+    return train(TrainConfig(data=str(mini_data), model="mobilenet_v2", weights="none", input_size=32,
+                             epochs=1, batch_size=32, limit=300, out=str(out), threads=2))
+
+
+@pytest.fixture(scope="session")
+def quantized(trained, mini_data, tmp_path_factory) -> dict:
+    from edgekit.training.quantize import QuantizeConfig, quantize_checkpoint
+
+    out = tmp_path_factory.mktemp("int8") / "model_int8.pt"
+    return quantize_checkpoint(QuantizeConfig(checkpoint=str(trained["checkpoint"]), data=str(mini_data),
+                                              calib_batches=4, batch_size=16, limit_test=64, out=str(out),
+                                              threads=2))

@@ -1,0 +1,94 @@
+"""Training, checkpoints and PyTorch INT8 on a tiny model with real torch (32x32 inputs)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.errors import BadInputError
+from edgekit.training.checkpoint import load_checkpoint
+from edgekit.training.quantize import load_model, quantize_dynamic, run_model
+
+
+def test_training_writes_checkpoint_metrics_and_curves(trained):
+    out = trained["checkpoint"].parent
+    assert {"model.pt", "metrics.json", "curves.png"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["samples"] == 1000  # the embedded subset's own test split
+    assert np.array(metrics["confusion_matrix"]).sum() == 1000
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and "per_class" in metrics
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_spec_round_trips_through_the_checkpoint(trained):
+    ckpt = load_checkpoint(trained["checkpoint"])
+    spec = ckpt.spec
+    assert spec.arch == "mobilenet_v2" and spec.input_size == (32, 32) and spec.precision == "fp32"
+    assert spec.labels[0] == "T-shirt/top" and spec.num_outputs == 10
+    assert "torch" in spec.versions
+    model = load_model(ckpt)
+    x = torch.zeros(2, spec.channels, *spec.input_size)
+    assert model(x).shape == (2, 10)
+
+
+def test_reloaded_fp32_model_reproduces_training_logits(trained, mini_data):
+    """The checkpoint alone (spec + weights) gives back the test accuracy training reported."""
+    from edgekit.spec import preprocess
+    from edgekit.training.data import load_table
+
+    ckpt = load_checkpoint(trained["checkpoint"])
+    table = load_table(mini_data)
+    test = table.indices("test")
+    batch = np.stack([preprocess(table.image(i), ckpt.spec, table.color) for i in test])
+    accuracy = (run_model(load_model(ckpt), [batch]).argmax(1) == table.labels[test]).mean()
+    assert accuracy == pytest.approx(trained["report"]["accuracy"])
+
+
+def test_checkpoint_load_errors_are_clean(tmp_path, trained):
+    truncated = tmp_path / "t.pt"
+    truncated.write_bytes(trained["checkpoint"].read_bytes()[:-100])
+    with pytest.raises(BadInputError, match="t.pt"):
+        load_checkpoint(truncated)
+
+
+def test_static_int8_fuses_and_uses_quantized_kernels(quantized):
+    import torch.ao.nn.quantized as nnq
+
+    ckpt = load_checkpoint(quantized["int8"]["path"])
+    assert ckpt.spec.precision == "int8"
+    assert ckpt.spec.quantization["scheme"] == "pytorch-fx-static"
+    assert ckpt.spec.quantization["calibration"]["samples"] == 64
+    model = load_model(ckpt)
+    kinds = {type(m) for m in model.modules()}
+    assert nnq.Conv2d in kinds and nnq.Linear in kinds
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # folded into the convs
+    assert "quantize_per_tensor" in model.code and "dequantize" in model.code
+    first_conv = next(m for m in model.modules() if isinstance(m, nnq.Conv2d))
+    assert first_conv.weight().dtype == torch.qint8
+
+
+def test_relu6_outputs_use_the_fixed_zero_to_six_range(quantized):
+    model = load_model(load_checkpoint(quantized["int8"]["path"]))
+    first_conv = model.get_submodule("features.0.0")  # Conv-BN of the stem, followed by ReLU6
+    assert first_conv.zero_point == 0
+    assert first_conv.scale == pytest.approx(6.0 / 255)
+
+
+def test_int8_checkpoint_is_small_close_and_reloads_identically(quantized):
+    assert quantized["size_ratio"] < 0.35
+    assert quantized["top1_agreement"] > 0.5
+    assert quantized["int8"]["latency_ms"] > 0
+    ckpt = load_checkpoint(quantized["int8"]["path"])
+    x = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(run_model(load_model(ckpt), [x]), run_model(load_model(ckpt), [x]))
+
+
+def test_dynamic_quantization_swaps_linear_layers(trained):
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    fp32 = load_model(load_checkpoint(trained["checkpoint"]))
+    dynamic = quantize_dynamic(fp32)
+    assert isinstance(dynamic.classifier[-1], nnqd.Linear)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        np.testing.assert_allclose(dynamic(x).numpy(), fp32(x).numpy(), atol=0.5)
