@@ -1,4 +1,4 @@
-"""`edgekit train`, `edgekit quantize` and `edgekit demo`: thin wrappers over the library."""
+"""The `edgekit` subcommands: thin wrappers that build a config, call the library and print."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgekit.cli import cli
-from edgekit.errors import require
+from edgekit.errors import BadInputError, require
 
 
 def _need_torch() -> None:
@@ -101,3 +101,80 @@ def demo(out: str, epochs: int, threads: int) -> None:
     from edgekit.training.demo import run_demo
 
     click.echo(run_demo(out=out, epochs=epochs, threads=threads))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(), default="runs/train/model.pt")
+@click.option("--format", "formats", multiple=True, default=("onnx",), show_default=True,
+              help="onnx or openvino; repeat for several.")
+@click.option("--out", default=None, help="Output folder (default: the checkpoint's folder).")
+@click.option("--int8", is_flag=True, help="Also write INT8: ONNX QDQ (onnxruntime static quantization) / OpenVINO INT8.")
+@click.option("--fp16", is_flag=True, help="OpenVINO: also write an FP16 IR.")
+@click.option("--data", default=None, help="Calibration and verification data (default: the checkpoint's training data).")
+@click.option("--calib-size", default=1024, show_default=True, help="Calibration images from the train split.")
+@click.option("--calib-batch", default=32, show_default=True)
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--activation-type", type=click.Choice(["auto", "u8", "s8"]), default="auto", show_default=True,
+              help="INT8 activation type; auto: U8 (see README).")
+@click.option("--reduce-range/--full-range", default=None,
+              help="7-bit activations; default: on for x86 CPUs without VNNI, off elsewhere.")
+@click.option("--exclude", multiple=True, help="ONNX node name to keep in float; repeatable.")
+@click.option("--ov-int8", type=click.Choice(["qdq", "nncf"]), default="qdq", show_default=True,
+              help="OpenVINO INT8 from the QDQ ONNX (same scales as ONNX Runtime) or via NNCF.")
+@click.option("--bake-preprocess", is_flag=True,
+              help="The graph takes uint8 NHWC frames and normalises inside; a device only resizes.")
+@click.option("--input-color", type=click.Choice(["BGR", "RGB", "GRAY"]), default="BGR", show_default=True,
+              help="Colour order of the frames a baked graph takes (OpenCV gives BGR).")
+@click.option("--dynamic-batch", is_flag=True, help="Variable batch dimension (default: batch 1).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare every artifact with the PyTorch model on held-out images before writing it.")
+@click.option("--verify-images", default=1000, show_default=True, help="Held-out images for verification (0 = all).")
+@click.option("--seed", default=0, show_default=True)
+def export(checkpoint: str, formats: tuple[str, ...], **options) -> None:
+    """Export a checkpoint to ONNX (FP32, QDQ INT8) and/or OpenVINO IR (FP32, FP16, INT8).
+
+    Every artifact carries the model spec (in the file and in a NAME.edgekit.json sidecar) and is verified
+    against PyTorch; nothing is written when a check fails.
+    """
+    _need_torch()
+    from edgekit.export.core import ExportConfig
+    from edgekit.export.core import export as run_export
+
+    result = run_export(ExportConfig(checkpoint=checkpoint, formats=tuple(formats), **options))
+    if result.verify_table:
+        click.echo(result.verify_table)
+    for line in result.lines:
+        click.echo(line)
+    first = result.artifacts[0].path if result.artifacts else None
+    if first is not None:
+        click.echo(f"next: edgekit verify {' '.join(str(a.path) for a in result.artifacts)} --reference {checkpoint}")
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--reference", required=True, type=click.Path(), help="The FP32 edgekit checkpoint they came from.")
+@click.option("--data", default=None, help="Data with a test split (default: the reference's training data).")
+@click.option("--images", default=1000, show_default=True, help="Held-out test images (0 = all).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "json_path", default=None, help="Also write the rows as JSON.")
+def verify(models: tuple[str, ...], reference: str, data: str | None, images: int, seed: int,
+           json_path: str | None) -> None:
+    """Run held-out images through the PyTorch reference and each exported model; exit 1 if a tolerance breaks."""
+    _need_torch()
+    from edgekit.export.verify import VerificationFailed
+    from edgekit.export.verify import verify as run_verify
+    from edgekit.training.checkpoint import load_checkpoint
+
+    if data is None:
+        data = load_checkpoint(reference).metrics.get("config", {}).get("data")
+        if not data:
+            raise BadInputError("pass --data: the reference checkpoint does not record its training data")
+    rows, table = run_verify([Path(m) for m in models], Path(reference), data, images, seed)
+    click.echo(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps([
+            {k: getattr(r, k) for k in ("name", "precision", "max_abs", "mean_abs", "agreement", "accuracy",
+                                        "delta_pp", "status")} for r in rows], indent=2) + "\n")
+    if any(r.status != "ok" for r in rows[1:]):
+        raise VerificationFailed("a tolerance is broken (see the status column)")

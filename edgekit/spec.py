@@ -40,6 +40,8 @@ class ModelSpec:
     ``color`` is the colour order the *network* expects; ``channels`` how many planes it takes (a
     grayscale source fed to an ImageNet backbone is replicated to 3 planes). Pixel values are first
     scaled by ``scale`` (1/255 maps uint8 to [0, 1]) and then normalised per channel with ``mean``/``std``.
+    ``dtype="uint8"`` marks an exported graph that does that scaling and normalisation itself: the
+    caller only resizes and orders the colours (``preprocess`` then returns uint8).
     """
 
     arch: str
@@ -70,6 +72,8 @@ class ModelSpec:
             problems.append(f"task must be one of {TASKS}, got {self.task!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.dtype not in ("float32", "uint8"):
+            problems.append(f"dtype must be float32 or uint8 (preprocessing inside the graph), got {self.dtype!r}")
         if self.layout not in ("NCHW", "NHWC"):
             problems.append(f"layout must be NCHW or NHWC, got {self.layout!r}")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
@@ -177,6 +181,7 @@ def preprocess(image: np.ndarray, spec: ModelSpec, source_color: str = "BGR") ->
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
         raise BadInputError(f"expected an HxW or HxWx3 image, got shape {image.shape}")
     target = "GRAY" if spec.channels == 1 else ("BGR" if spec.color == "BGR" else "RGB")
+    baked = spec.dtype == "uint8"  # the graph casts and normalises itself (export --bake-preprocess)
     image = _convert_color(image, source_color, target)
     height, width = spec.input_size
     if image.shape[:2] != (height, width):
@@ -187,6 +192,8 @@ def preprocess(image: np.ndarray, spec: ModelSpec, source_color: str = "BGR") ->
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         if image.ndim == 2:
             image = image[:, :, None]
+    if baked:
+        return np.ascontiguousarray(image if spec.layout == "NHWC" else image.transpose(2, 0, 1))
     mean = np.asarray(spec.mean, np.float32)
     std = np.asarray(spec.std, np.float32)
     out = (image.astype(np.float32) * np.float32(spec.scale) - mean) / std

@@ -1,0 +1,47 @@
+"""What the CPU can do, read from /proc/cpuinfo (Linux) without importing any ML framework.
+
+INT8 recipes depend on it: x86 CPUs without VNNI multiply u8 x s8 pairs into saturating 16-bit sums, so
+their activations are quantized to 7 bits (``reduce_range``); VNNI, AMX and ARM's dot-product
+instructions accumulate in 32 bits and take full 8-bit activations.
+"""
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "neon", "asimd")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def is_arm() -> bool:
+    return platform.machine().lower() in ("aarch64", "arm64", "armv7l", "armv8l")
+
+
+def has_int8_dot_product() -> bool:
+    """True where 8-bit products accumulate in 32 bits (VNNI, AMX, ARM dot product)."""
+    flags = cpu_flags()
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}) or is_arm()

@@ -1,0 +1,270 @@
+"""`edgekit export`: checkpoint -> deployable artifacts, each verified against PyTorch.
+
+Exporters are plain functions registered by format name with one signature, ``(job) -> [Artifact]``.
+:func:`export` wraps them: it times each one, writes into a staging folder, verifies, and only then moves
+the files into place, so a failure never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekit.errors import BadInputError, UnknownNameError
+from edgekit.export.artifacts import Artifact, write_sidecar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: str
+    formats: tuple[str, ...] = ("onnx",)
+    out: str | None = None  # default: the checkpoint's folder
+    int8: bool = False
+    fp16: bool = False  # OpenVINO only
+    data: str | None = None  # calibration / verification data (default: what the checkpoint was trained on)
+    calib_size: int = 1024
+    calib_batch: int = 32
+    calib_method: str = "minmax"
+    activation_type: str = "auto"  # auto (from the CPU), u8 or s8
+    reduce_range: bool | None = None  # None: from the CPU
+    exclude: tuple[str, ...] = ()
+    ov_int8: str = "qdq"  # "qdq" (from the QDQ ONNX) or "nncf"
+    bake_preprocess: bool = False
+    input_color: str = "BGR"
+    dynamic_batch: bool = False
+    verify: bool = True
+    verify_images: int = 1000
+    seed: int = 0
+
+
+class ExportJob:
+    """Shared state of one export: the loaded checkpoint, a work folder, and lazily built intermediates."""
+
+    def __init__(self, cfg: ExportConfig, stage: Path, work: Path):
+        from edgekit.training.checkpoint import load_checkpoint
+
+        self.cfg, self.stage, self.work = cfg, stage, work
+        self.ckpt = load_checkpoint(cfg.checkpoint)
+        if self.ckpt.spec.precision != "fp32":
+            raise BadInputError(f"{cfg.checkpoint} is {self.ckpt.spec.precision}; export the FP32 checkpoint "
+                                "(add --int8 for INT8 artifacts)")
+        from edgekit.spec import sha256_file
+
+        spec = self.ckpt.spec.replace(source_checkpoint_sha256=sha256_file(cfg.checkpoint))
+        if cfg.bake_preprocess:
+            from edgekit.export.onnx_format import baked_spec
+
+            spec = baked_spec(spec, cfg.input_color)
+        self.spec = spec
+        self._fp32_onnx: Path | None = None
+        self._int8_onnx: tuple[Path, dict] | None = None
+        self._table = None
+
+    def table(self):
+        """The data for calibration: --data, else the folder the checkpoint was trained on."""
+        if self._table is None:
+            from edgekit.training.quantize import _data_for
+
+            data = data_source(self.cfg, self.ckpt)
+            if data is None:
+                raise BadInputError("INT8 export needs calibration images: pass --data (the training data)")
+            self._table = _data_for(self.ckpt, data)
+        return self._table
+
+    def fp32_onnx(self) -> Path:
+        if self._fp32_onnx is None:
+            from edgekit.export.onnx_format import BakedPreprocess, export_fp32
+            from edgekit.training.quantize import load_model
+
+            model = load_model(self.ckpt)
+            if self.cfg.bake_preprocess:
+                model = BakedPreprocess.wrap(model, self.ckpt.spec, self.cfg.input_color)
+            path = self.work / "model.onnx"
+            export_fp32(model, self.spec.replace(precision="fp32"), path, self.cfg.dynamic_batch)
+            self._fp32_onnx = path
+        return self._fp32_onnx
+
+    def int8_onnx(self) -> tuple[Path, dict]:
+        if self._int8_onnx is None:
+            from edgekit.export.onnx_format import quantize_qdq
+            from edgekit.training.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
+
+            cfg = self.cfg
+            if cfg.calib_size < cfg.calib_batch:
+                raise BadInputError(f"--calib-size {cfg.calib_size} is smaller than one batch ({cfg.calib_batch})")
+            available = len(self.table().indices("train"))
+            if min(cfg.calib_size, available) < MIN_RECOMMENDED_SAMPLES:
+                log.warning("calibrating on %d images; %d or more give steadier INT8 ranges",
+                            min(cfg.calib_size, available), MIN_RECOMMENDED_SAMPLES)
+            audit = CalibrationAudit()
+            batches = calibration_batches(self.table(), self.spec, cfg.calib_size, cfg.calib_batch, cfg.seed, audit)
+            path = self.work / "model_int8.onnx"
+            spec = self.spec.replace(precision="int8")
+            recipe = quantize_qdq(self.fp32_onnx(), path, self.work, batches, calib_method=cfg.calib_method,
+                                  activation_type=cfg.activation_type, reduce_range=cfg.reduce_range,
+                                  exclude=cfg.exclude, spec=spec)
+            recipe["calibration"] = audit.to_dict()
+            # Write the audit into the file too: the metadata then names the exact calibration tensors.
+            import onnx
+
+            from edgekit.export.onnx_format import set_metadata
+
+            proto = onnx.load(str(path))
+            set_metadata(proto, spec.replace(quantization=recipe))
+            onnx.save(proto, str(path))
+            self._int8_onnx = (path, recipe)
+        return self._int8_onnx
+
+
+def data_source(cfg: ExportConfig, ckpt) -> str | None:
+    if cfg.data:
+        return cfg.data
+    recorded = ckpt.metrics.get("config", {}).get("data")
+    return recorded if recorded and Path(recorded).exists() else None
+
+
+# --- the registry ----------------------------------------------------------------------------------
+Exporter = Callable[[ExportJob], list[Artifact]]
+EXPORTERS: dict[str, Exporter] = {}
+
+
+def exporter(name: str) -> Callable[[Exporter], Exporter]:
+    def register(fn: Exporter) -> Exporter:
+        EXPORTERS[name] = fn
+        return fn
+
+    return register
+
+
+def _finish(job: ExportJob, fmt: str, precision: str, path: Path, extra: list[Path], spec, notes: dict) -> Artifact:
+    facts = {"format": fmt, "precision": precision, "source_checkpoint": str(Path(job.cfg.checkpoint).resolve()),
+             **notes}
+    sidecar = write_sidecar(path, spec, facts)
+    return Artifact(fmt, precision, path, spec, [path, *extra, sidecar], notes=notes)
+
+
+@exporter("onnx")
+def export_onnx(job: ExportJob) -> list[Artifact]:
+    from edgekit.export.onnx_format import IR_VERSION, MIN_ONNXRUNTIME, OPSET
+
+    notes = {"opset": OPSET, "ir_version": IR_VERSION, "min_onnxruntime": MIN_ONNXRUNTIME}
+    fp32 = job.stage / "model.onnx"
+    shutil.copyfile(job.fp32_onnx(), fp32)
+    out = [_finish(job, "onnx", "fp32", fp32, [], job.spec.replace(precision="fp32"), notes)]
+    if job.cfg.int8:
+        source, recipe = job.int8_onnx()
+        int8 = job.stage / "model_int8.onnx"
+        shutil.copyfile(source, int8)
+        out.append(_finish(job, "onnx", "int8", int8, [], job.spec.replace(precision="int8", quantization=recipe),
+                           notes))
+    return out
+
+
+@exporter("openvino")
+def export_openvino(job: ExportJob) -> list[Artifact]:
+    from edgekit.export import openvino_format as ovf
+
+    out = []
+    variants = [("fp32", "model.xml")] + ([("fp16", "model_fp16.xml")] if job.cfg.fp16 else []) + \
+               ([("int8", "model_int8.xml")] if job.cfg.int8 else [])
+    for precision, name in variants:
+        xml = job.stage / name
+        spec = job.spec.replace(precision=precision)
+        notes = {}
+        if precision == "int8" and job.cfg.ov_int8 == "nncf":
+            from edgekit.training.calibration import CalibrationAudit, calibration_batches
+
+            audit = CalibrationAudit()
+            batches = calibration_batches(job.table(), job.spec, job.cfg.calib_size, job.cfg.calib_batch,
+                                          job.cfg.seed, audit)
+            files = ovf.nncf_int8(job.fp32_onnx(), spec, xml, batches, job.cfg.calib_size)
+            notes = {"scheme": "nncf-ptq", "calibration": audit.to_dict()}
+        elif precision == "int8":
+            source, recipe = job.int8_onnx()
+            notes = {"scheme": "from-onnx-qdq", **recipe}
+            files = ovf.from_onnx(source, spec.replace(quantization=notes), xml)
+        else:
+            files = ovf.from_onnx(job.fp32_onnx(), spec, xml, fp16=precision == "fp16")
+        spec = spec.replace(quantization=notes) if notes else spec
+        out.append(_finish(job, "openvino", precision, xml, files[1:], spec, notes))
+    return out
+
+
+# --- the wrapper -----------------------------------------------------------------------------------
+@dataclass
+class ExportResult:
+    artifacts: list[Artifact] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    verify_table: str = ""
+    verify_ok: bool = True
+
+
+def _writable_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot create output folder {out}: {exc.strerror}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise BadInputError(f"output folder {out} is not writable")
+    return out
+
+
+def export(cfg: ExportConfig) -> ExportResult:
+    for name in cfg.formats:
+        if name not in EXPORTERS:
+            raise UnknownNameError("format", name, EXPORTERS)
+    if not Path(cfg.checkpoint).is_file():
+        raise BadInputError(f"checkpoint not found: {cfg.checkpoint}")
+    out = _writable_dir(Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent)
+    stage = Path(tempfile.mkdtemp(prefix=".edgekit-export-", dir=out))
+    work = Path(tempfile.mkdtemp(prefix="edgekit-export-work-"))
+    result = ExportResult()
+    try:
+        job = ExportJob(cfg, stage, work)
+        for name in cfg.formats:
+            start = time.perf_counter()
+            made = EXPORTERS[name](job)
+            seconds = (time.perf_counter() - start) / max(len(made), 1)
+            for artifact in made:
+                artifact.seconds = seconds
+            result.artifacts += made
+        if cfg.verify:
+            _verify_staged(cfg, job, result)
+        for artifact in result.artifacts:  # all good: move into place
+            moved = []
+            for f in artifact.files:
+                os.replace(f, out / f.name)
+                moved.append(out / f.name)
+            artifact.files, artifact.path = moved, out / artifact.path.name
+            result.lines.append(f"{artifact.label}: exported in {artifact.seconds:.1f} s -> {artifact.path} "
+                                f"({artifact.size_bytes / 1e6:.1f} MB)")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _verify_staged(cfg: ExportConfig, job: ExportJob, result: ExportResult) -> None:
+    from edgekit.export.verify import verify
+
+    data = data_source(cfg, job.ckpt)
+    if data is None:
+        log.warning("verification skipped: no data to verify on (pass --data)")
+        result.verify_table = "verification skipped: no data"
+        return
+    rows, table = verify([a.path for a in result.artifacts], Path(cfg.checkpoint), data, cfg.verify_images, cfg.seed)
+    result.verify_table = table
+    result.verify_ok = all(r.status == "ok" for r in rows[1:])
+    if not result.verify_ok:
+        from edgekit.export.verify import VerificationFailed
+
+        log.error("%s", table)
+        failed = [r.name + " (" + r.status + ")" for r in rows[1:] if r.status != "ok"]
+        raise VerificationFailed(f"verification failed, nothing written: {'; '.join(failed)}")

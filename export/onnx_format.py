@@ -1,0 +1,175 @@
+"""ONNX: FP32 from the PyTorch checkpoint, and QDQ INT8 with ONNX Runtime's static quantizer.
+
+Opset 17 and IR version 8 are pinned: that pair loads in onnxruntime 1.12 and newer (the ONNX Runtime
+compatibility table), which covers the wheels Raspberry Pi OS users still run. We use torch's
+TorchScript-based exporter (``dynamo=False``): it writes one self-contained file, folds nothing we need
+to keep, and is the exporter that also understands torch's quantized modules.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from edgekit.errors import BadInputError
+from edgekit.export.artifacts import METADATA_KEY
+from edgekit.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+IR_VERSION = 8
+MIN_ONNXRUNTIME = "1.12"
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+
+
+class BakedPreprocess:
+    """Factory for a torch module that takes uint8 NHWC frames and normalises inside the graph."""
+
+    @staticmethod
+    def wrap(model, spec: ModelSpec, input_color: str):
+        import torch
+
+        class _Baked(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+                c = spec.channels
+                scale = torch.tensor(spec.scale, dtype=torch.float32) / torch.tensor(spec.std, dtype=torch.float32)
+                shift = -torch.tensor(spec.mean, dtype=torch.float32) / torch.tensor(spec.std, dtype=torch.float32)
+                self.register_buffer("scale", scale.reshape(1, c, 1, 1))
+                self.register_buffer("shift", shift.reshape(1, c, 1, 1))
+                # Reverse the colour planes when the frames arrive in the other order (BGR vs RGB).
+                order = [2, 1, 0] if c == 3 and input_color != spec.color else list(range(c))
+                self.register_buffer("order", torch.tensor(order, dtype=torch.int64))
+
+            def forward(self, frames):
+                x = frames.permute(0, 3, 1, 2).to(torch.float32)
+                x = torch.index_select(x, 1, self.order)
+                return self.model(x * self.scale + self.shift)
+
+        return _Baked().eval()
+
+
+def baked_spec(spec: ModelSpec, input_color: str) -> ModelSpec:
+    if spec.channels == 1 and input_color != "GRAY":
+        raise BadInputError("this model takes one grayscale plane: bake with --input-color GRAY")
+    if spec.channels == 3 and input_color not in ("BGR", "RGB"):
+        raise BadInputError("this model takes colour images: bake with --input-color BGR or RGB")
+    return spec.replace(dtype="uint8", layout="NHWC", color=input_color)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch announces that the TorchScript exporter is deprecated on every call; we chose it on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*dynamo=False.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*TorchScript-based ONNX export.*", category=DeprecationWarning)
+        yield
+
+
+def set_metadata(model_proto, spec: ModelSpec) -> None:
+    del model_proto.metadata_props[:]
+    entry = model_proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, spec.to_json()
+
+
+def read_metadata_spec(path: str | Path) -> ModelSpec | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            return ModelSpec.from_json(entry.value)
+    return None
+
+
+def export_fp32(model, spec: ModelSpec, path: Path, dynamic_batch: bool) -> None:
+    """torch module -> one self-contained .onnx file with opset 17 / IR 8 and the spec in metadata."""
+    import onnx
+    import torch
+
+    shape = (1, *spec.input_size, spec.channels) if spec.layout == "NHWC" else (1, spec.channels, *spec.input_size)
+    example = torch.zeros(shape, dtype=torch.uint8 if spec.dtype == "uint8" else torch.float32)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+    proto = onnx.load(str(path))
+    proto.ir_version = IR_VERSION
+    set_metadata(proto, spec)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+class _BatchReader:
+    """ONNX Runtime CalibrationDataReader over edgekit's calibration iterator (split to the graph's batch)."""
+
+    def __init__(self, batches: Iterable[np.ndarray], fixed_batch: int | None):
+        self._items = self._split(batches, fixed_batch)
+
+    @staticmethod
+    def _split(batches, fixed_batch) -> Iterator[dict]:
+        for batch in batches:
+            if fixed_batch:
+                for start in range(0, len(batch), fixed_batch):
+                    yield {INPUT_NAME: batch[start:start + fixed_batch]}
+            else:
+                yield {INPUT_NAME: batch}
+
+    def get_next(self):
+        return next(self._items, None)
+
+    def rewind(self):  # the iterator is single-pass; ORT only needs one pass for MinMax/Entropy/Percentile
+        pass
+
+
+def int8_defaults() -> dict:
+    """Activation type and reduce_range for this CPU (see edgekit.hardware and DESIGN.md section 6)."""
+    from edgekit.hardware import has_int8_dot_product
+
+    return {"activation_type": "u8", "reduce_range": not has_int8_dot_product()}
+
+
+def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Iterable[np.ndarray], *,
+                 calib_method: str = "minmax", activation_type: str = "auto", reduce_range: bool | None = None,
+                 exclude: tuple[str, ...] = (), spec: ModelSpec) -> dict:
+    """``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel S8 weights). Returns the recipe."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    defaults = int8_defaults()
+    act = defaults["activation_type"] if activation_type == "auto" else activation_type
+    reduce = defaults["reduce_range"] if reduce_range is None else reduce_range
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    prepared = work_dir / "preprocessed.onnx"
+    quant_pre_process(str(fp32_path), str(prepared))
+    known = {n.name for n in onnx.load(str(prepared)).graph.node}
+    unknown = [n for n in exclude if n not in known]
+    if unknown:
+        raise BadInputError(f"--exclude: no node named {unknown[0]!r} in the graph (e.g. {sorted(known)[:3]})")
+    session = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"])
+    dim0 = session.get_inputs()[0].shape[0]
+    del session
+    quantize_static(str(prepared), str(out_path), _BatchReader(batches, dim0 if isinstance(dim0, int) else None),
+                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce,
+                    activation_type=QuantType.QUInt8 if act == "u8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=methods[calib_method],
+                    nodes_to_exclude=list(exclude) or None)
+    proto = onnx.load(str(out_path))
+    proto.ir_version = IR_VERSION
+    recipe = {"scheme": "onnxruntime-qdq", "activation_type": act, "weight_type": "s8", "per_channel": True,
+              "reduce_range": reduce, "calib_method": calib_method, "exclude": list(exclude)}
+    set_metadata(proto, spec.replace(quantization={**spec.quantization, **recipe}))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out_path))
+    prepared.unlink()
+    return recipe

@@ -1,0 +1,51 @@
+"""OpenVINO IR (.xml + .bin) from the exported ONNX files.
+
+FP32 and FP16 come from the FP32 ONNX (``save_model`` compresses weights to FP16 unless told not to, so
+FP32 asks explicitly). INT8 comes from the QDQ ONNX by default: OpenVINO reads the QuantizeLinear /
+DequantizeLinear pairs and runs those convolutions in INT8, so the OpenVINO and ONNX Runtime INT8 models
+share one calibration and one set of scales. ``--ov-int8 nncf`` instead runs NNCF's post-training
+quantization on the FP32 IR with the same calibration batches (needs the ``nncf`` package).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from edgekit.errors import require
+from edgekit.spec import ModelSpec
+
+RT_INFO_PATH = ["edgekit", "spec"]
+
+
+def _save(model, spec: ModelSpec, xml_path: Path, fp16: bool) -> list[Path]:
+    ov = require("openvino", "openvino", "OpenVINO export")
+    model.set_rt_info(spec.to_json(), RT_INFO_PATH)
+    ov.save_model(model, str(xml_path), compress_to_fp16=fp16)
+    return [xml_path, xml_path.with_suffix(".bin")]
+
+
+def from_onnx(onnx_path: Path, spec: ModelSpec, xml_path: Path, fp16: bool = False) -> list[Path]:
+    ov = require("openvino", "openvino", "OpenVINO export")
+    return _save(ov.convert_model(str(onnx_path)), spec, xml_path, fp16)
+
+
+def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterable[np.ndarray],
+              num_samples: int) -> list[Path]:
+    """NNCF post-training INT8 on the converted FP32 model, fed edgekit's calibration batches."""
+    ov = require("openvino", "openvino", "OpenVINO export")
+    nncf = require("nncf", "openvino", "OpenVINO INT8 with NNCF")
+    model = ov.convert_model(str(fp32_onnx))
+    single = [image[None] for batch in batches for image in batch]  # the IR has a fixed batch of one
+    quantized = nncf.quantize(model, nncf.Dataset(single), subset_size=min(num_samples, len(single)),
+                              preset=nncf.QuantizationPreset.PERFORMANCE)
+    return _save(quantized, spec, xml_path, fp16=False)
+
+
+def read_rt_info_spec(xml_path: str | Path) -> ModelSpec | None:
+    ov = require("openvino", "openvino", "reading OpenVINO IR")
+    model = ov.Core().read_model(str(xml_path))
+    if not model.has_rt_info(RT_INFO_PATH):
+        return None
+    return ModelSpec.from_json(model.get_rt_info(RT_INFO_PATH).astype(str))
