@@ -35,7 +35,7 @@ class ExportConfig:
     activation_type: str = "auto"  # auto (from the CPU), u8 or s8
     reduce_range: bool | None = None  # None: from the CPU
     exclude: tuple[str, ...] = ()
-    ov_int8: str = "qdq"  # "qdq" (from the QDQ ONNX) or "nncf"
+    ov_int8: str = "nncf"  # "nncf" (NNCF PTQ on the IR) or "qdq" (from the QDQ ONNX); see openvino_format
     bake_preprocess: bool = False
     input_color: str = "BGR"
     dynamic_batch: bool = False

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from edgekit.errors import BadInputError
+from edgekit.errors import BadInputError, require
 from edgekit.export.artifacts import METADATA_KEY
 from edgekit.spec import ModelSpec
 
@@ -70,6 +70,7 @@ def _quiet_exporter():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*dynamo=False.*", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*TorchScript-based ONNX export.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
         yield
 
 
@@ -91,8 +92,9 @@ def read_metadata_spec(path: str | Path) -> ModelSpec | None:
 
 def export_fp32(model, spec: ModelSpec, path: Path, dynamic_batch: bool) -> None:
     """torch module -> one self-contained .onnx file with opset 17 / IR 8 and the spec in metadata."""
-    import onnx
     import torch
+
+    onnx = require("onnx", "export", "ONNX export")
 
     shape = (1, *spec.input_size, spec.channels) if spec.layout == "NHWC" else (1, spec.channels, *spec.input_size)
     example = torch.zeros(shape, dtype=torch.uint8 if spec.dtype == "uint8" else torch.float32)
@@ -140,8 +142,8 @@ def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Itera
                  calib_method: str = "minmax", activation_type: str = "auto", reduce_range: bool | None = None,
                  exclude: tuple[str, ...] = (), spec: ModelSpec) -> dict:
     """``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel S8 weights). Returns the recipe."""
-    import onnx
-    import onnxruntime as ort
+    onnx = require("onnx", "export", "ONNX export")
+    ort = require("onnxruntime", "onnx", "ONNX INT8 quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
