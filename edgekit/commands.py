@@ -146,8 +146,7 @@ def export(checkpoint: str, formats: tuple[str, ...], **options) -> None:
         click.echo(result.verify_table)
     for line in result.lines:
         click.echo(line)
-    first = result.artifacts[0].path if result.artifacts else None
-    if first is not None:
+    if result.artifacts:
         click.echo(f"next: edgekit verify {' '.join(str(a.path) for a in result.artifacts)} --reference {checkpoint}")
 
 

@@ -10,9 +10,6 @@ import platform
 from functools import lru_cache
 from pathlib import Path
 
-INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "neon", "asimd")
-
-
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     try:
@@ -24,17 +21,6 @@ def cpu_flags() -> frozenset[str]:
         if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware"):
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def is_arm() -> bool:

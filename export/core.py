@@ -66,17 +66,32 @@ class ExportJob:
         self._fp32_onnx: Path | None = None
         self._int8_onnx: tuple[Path, dict] | None = None
         self._table = None
+        self.clock = time.perf_counter()  # start of the artifact being made, for its "exported in" time
 
     def table(self):
         """The data for calibration: --data, else the folder the checkpoint was trained on."""
         if self._table is None:
-            from edgekit.training.quantize import _data_for
+            from edgekit.training.quantize import checkpoint_data
 
             data = data_source(self.cfg, self.ckpt)
             if data is None:
                 raise BadInputError("INT8 export needs calibration images: pass --data (the training data)")
-            self._table = _data_for(self.ckpt, data)
+            self._table = checkpoint_data(self.ckpt, data)
         return self._table
+
+    def calibration(self):
+        """The shared calibration iterator (same images and preprocessing for every INT8 route) and its audit."""
+        from edgekit.training.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
+
+        cfg = self.cfg
+        if cfg.calib_size < cfg.calib_batch:
+            raise BadInputError(f"--calib-size {cfg.calib_size} is smaller than one batch ({cfg.calib_batch})")
+        available = min(cfg.calib_size, len(self.table().indices("train")))
+        if available < MIN_RECOMMENDED_SAMPLES:
+            log.warning("calibrating on %d images; %d or more give steadier INT8 ranges", available,
+                        MIN_RECOMMENDED_SAMPLES)
+        audit = CalibrationAudit()
+        return calibration_batches(self.table(), self.spec, cfg.calib_size, cfg.calib_batch, cfg.seed, audit), audit
 
     def fp32_onnx(self) -> Path:
         if self._fp32_onnx is None:
@@ -94,31 +109,13 @@ class ExportJob:
     def int8_onnx(self) -> tuple[Path, dict]:
         if self._int8_onnx is None:
             from edgekit.export.onnx_format import quantize_qdq
-            from edgekit.training.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
 
             cfg = self.cfg
-            if cfg.calib_size < cfg.calib_batch:
-                raise BadInputError(f"--calib-size {cfg.calib_size} is smaller than one batch ({cfg.calib_batch})")
-            available = len(self.table().indices("train"))
-            if min(cfg.calib_size, available) < MIN_RECOMMENDED_SAMPLES:
-                log.warning("calibrating on %d images; %d or more give steadier INT8 ranges",
-                            min(cfg.calib_size, available), MIN_RECOMMENDED_SAMPLES)
-            audit = CalibrationAudit()
-            batches = calibration_batches(self.table(), self.spec, cfg.calib_size, cfg.calib_batch, cfg.seed, audit)
+            batches, audit = self.calibration()
             path = self.work / "model_int8.onnx"
-            spec = self.spec.replace(precision="int8")
-            recipe = quantize_qdq(self.fp32_onnx(), path, self.work, batches, calib_method=cfg.calib_method,
+            recipe = quantize_qdq(self.fp32_onnx(), path, self.work, batches, audit, calib_method=cfg.calib_method,
                                   activation_type=cfg.activation_type, reduce_range=cfg.reduce_range,
-                                  exclude=cfg.exclude, spec=spec)
-            recipe["calibration"] = audit.to_dict()
-            # Write the audit into the file too: the metadata then names the exact calibration tensors.
-            import onnx
-
-            from edgekit.export.onnx_format import set_metadata
-
-            proto = onnx.load(str(path))
-            set_metadata(proto, spec.replace(quantization=recipe))
-            onnx.save(proto, str(path))
+                                  exclude=cfg.exclude, spec=self.spec.replace(precision="int8"))
             self._int8_onnx = (path, recipe)
         return self._int8_onnx
 
@@ -147,7 +144,9 @@ def _finish(job: ExportJob, fmt: str, precision: str, path: Path, extra: list[Pa
     facts = {"format": fmt, "precision": precision, "source_checkpoint": str(Path(job.cfg.checkpoint).resolve()),
              **notes}
     sidecar = write_sidecar(path, spec, facts)
-    return Artifact(fmt, precision, path, spec, [path, *extra, sidecar], notes=notes)
+    now = time.perf_counter()
+    seconds, job.clock = now - job.clock, now
+    return Artifact(fmt, precision, path, spec, [path, *extra, sidecar], seconds, notes)
 
 
 @exporter("onnx")
@@ -179,11 +178,7 @@ def export_openvino(job: ExportJob) -> list[Artifact]:
         spec = job.spec.replace(precision=precision)
         notes = {}
         if precision == "int8" and job.cfg.ov_int8 == "nncf":
-            from edgekit.training.calibration import CalibrationAudit, calibration_batches
-
-            audit = CalibrationAudit()
-            batches = calibration_batches(job.table(), job.spec, job.cfg.calib_size, job.cfg.calib_batch,
-                                          job.cfg.seed, audit)
+            batches, audit = job.calibration()
             files = ovf.nncf_int8(job.fp32_onnx(), spec, xml, batches, job.cfg.calib_size)
             notes = {"scheme": "nncf-ptq", "calibration": audit.to_dict()}
         elif precision == "int8":
@@ -229,12 +224,8 @@ def export(cfg: ExportConfig) -> ExportResult:
     try:
         job = ExportJob(cfg, stage, work)
         for name in cfg.formats:
-            start = time.perf_counter()
-            made = EXPORTERS[name](job)
-            seconds = (time.perf_counter() - start) / max(len(made), 1)
-            for artifact in made:
-                artifact.seconds = seconds
-            result.artifacts += made
+            job.clock = time.perf_counter()
+            result.artifacts += EXPORTERS[name](job)
         if cfg.verify:
             _verify_staged(cfg, job, result)
         for artifact in result.artifacts:  # all good: move into place

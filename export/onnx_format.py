@@ -138,10 +138,11 @@ def int8_defaults() -> dict:
     return {"activation_type": "u8", "reduce_range": not has_int8_dot_product()}
 
 
-def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Iterable[np.ndarray], *,
+def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Iterable[np.ndarray], audit, *,
                  calib_method: str = "minmax", activation_type: str = "auto", reduce_range: bool | None = None,
                  exclude: tuple[str, ...] = (), spec: ModelSpec) -> dict:
-    """``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel S8 weights). Returns the recipe."""
+    """``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel S8 weights). Returns the recipe,
+    including ``audit`` (the CalibrationAudit that ``batches`` fills as ORT consumes them)."""
     onnx = require("onnx", "export", "ONNX export")
     ort = require("onnxruntime", "onnx", "ONNX INT8 quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -169,7 +170,8 @@ def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Itera
     proto = onnx.load(str(out_path))
     proto.ir_version = IR_VERSION
     recipe = {"scheme": "onnxruntime-qdq", "activation_type": act, "weight_type": "s8", "per_channel": True,
-              "reduce_range": reduce, "calib_method": calib_method, "exclude": list(exclude)}
+              "reduce_range": reduce, "calib_method": calib_method, "exclude": list(exclude),
+              "calibration": audit.to_dict()}
     set_metadata(proto, spec.replace(quantization={**spec.quantization, **recipe}))
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out_path))

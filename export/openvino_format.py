@@ -14,9 +14,6 @@ smaller, hence the default.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-
 from pathlib import Path
 from typing import Iterable
 
@@ -26,18 +23,6 @@ from edgekit.errors import require
 from edgekit.spec import ModelSpec
 
 RT_INFO_PATH = ["edgekit", "spec"]
-
-
-@contextlib.contextmanager
-def _quiet_torch_probe():
-    """NNCF imports torch when present, which logs 'No CUDA runtime is found' on CPU machines."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _save(model, spec: ModelSpec, xml_path: Path, fp16: bool) -> list[Path]:
@@ -56,8 +41,7 @@ def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterabl
               num_samples: int) -> list[Path]:
     """NNCF post-training INT8 on the converted FP32 model, fed edgekit's calibration batches."""
     ov = require("openvino", "openvino", "OpenVINO export")
-    with _quiet_torch_probe():
-        nncf = require("nncf", "openvino", "OpenVINO INT8 with NNCF")
+    nncf = require("nncf", "openvino", "OpenVINO INT8 with NNCF")
     model = ov.convert_model(str(fp32_onnx))
     single = [image[None] for batch in batches for image in batch]  # the IR has a fixed batch of one
     quantized = nncf.quantize(model, nncf.Dataset(single), subset_size=min(num_samples, len(single)),

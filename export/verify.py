@@ -138,12 +138,12 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
     """Run everything on the same held-out images; returns the rows and a printable table."""
     from edgekit.export.artifacts import read_sidecar
     from edgekit.training.checkpoint import load_checkpoint
-    from edgekit.training.quantize import _data_for, load_model, run_model
+    from edgekit.training.quantize import checkpoint_data, load_model, run_model
 
     ckpt = load_checkpoint(reference_checkpoint)
     if ckpt.spec.precision != "fp32":
         raise BadInputError(f"the reference must be an FP32 checkpoint; {reference_checkpoint} is {ckpt.spec.precision}")
-    table = _data_for(ckpt, data)
+    table = checkpoint_data(ckpt, data)
     indices = held_out_images(table, images, seed)
     labels = table.labels[indices]
     reference = run_model(load_model(ckpt), [_inputs(table, indices, ckpt.spec)]).astype(np.float64)

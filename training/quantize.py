@@ -231,7 +231,7 @@ def _test_batches(table, spec, indices: np.ndarray, batch_size: int):
         yield np.stack([preprocess(table.image(i), spec, source_color=table.color) for i in part])
 
 
-def _data_for(ckpt: Checkpoint, data: str):
+def checkpoint_data(ckpt: Checkpoint, data: str):
     """The checkpoint's own data split (same seed and fractions as training), so test means test."""
     from edgekit.training.trainer import TrainConfig, load_data
 
@@ -276,7 +276,7 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
     ckpt = load_checkpoint(cfg.checkpoint)
     if ckpt.spec.precision != "fp32":
         raise BadInputError(f"{cfg.checkpoint} is already {ckpt.spec.precision}; quantize the FP32 checkpoint")
-    table = _data_for(ckpt, cfg.data)
+    table = checkpoint_data(ckpt, cfg.data)
     fp32 = load_model(ckpt)
     engine = resolve_engine(cfg.engine)
     torch.backends.quantized.engine = engine
