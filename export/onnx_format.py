@@ -138,6 +138,16 @@ def int8_defaults() -> dict:
     return {"activation_type": "u8", "reduce_range": not has_int8_dot_product()}
 
 
+def drop_unused_opsets(proto) -> None:
+    """Remove opset imports of domains no node uses. ``quant_pre_process`` saves through onnxruntime,
+    which stamps every domain it knows (e.g. ai.onnx.ml 5); older onnxruntime builds refuse to load a
+    model that imports a domain version newer than theirs, even when nothing uses it."""
+    used = {node.domain for node in proto.graph.node} | {""}
+    keep = [imp for imp in proto.opset_import if imp.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(keep)
+
+
 def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Iterable[np.ndarray], audit, *,
                  calib_method: str = "minmax", activation_type: str = "auto", reduce_range: bool | None = None,
                  exclude: tuple[str, ...] = (), spec: ModelSpec) -> dict:
@@ -169,6 +179,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Itera
                     nodes_to_exclude=list(exclude) or None)
     proto = onnx.load(str(out_path))
     proto.ir_version = IR_VERSION
+    drop_unused_opsets(proto)
     recipe = {"scheme": "onnxruntime-qdq", "activation_type": act, "weight_type": "s8", "per_channel": True,
               "reduce_range": reduce, "calib_method": calib_method, "exclude": list(exclude),
               "calibration": audit.to_dict()}

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import BadInputError, EdgekitError, require
+from edgekit.errors import BadInputError, EdgekitError
+from edgekit.runtimes.base import load_runtime
 from edgekit.spec import ModelSpec, preprocess
+from edgekit.training.data import test_subset
 
 # fp32: logits must match elementwise within atol + rtol * |reference| (numpy.allclose's rule: two
 # correct FP32 kernels sum in different orders, so large logits differ more in absolute terms);
@@ -41,65 +42,6 @@ class Row:
     delta_pp: float | None = None
     status: str = "ok"
     problems: list[str] = field(default_factory=list)
-
-
-def onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    ort = require("onnxruntime", "onnx", "running ONNX models")
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    # onnxruntime's load errors are its own classes, not subclasses of RuntimeError.
-    load_errors = tuple(getattr(state, n) for n in ("Fail", "InvalidProtobuf", "InvalidGraph", "InvalidArgument",
-                                                     "NoSuchFile", "NotImplemented") if hasattr(state, n))
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except load_errors as exc:
-        raise BadInputError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from exc
-    name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) else None
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        parts = [batch[i:i + step] for i in range(0, len(batch), step)] if step else [batch]
-        return np.concatenate([session.run(None, {name: p})[0] for p in parts])
-
-    return run
-
-
-def openvino_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    ov = require("openvino", "openvino", "running OpenVINO models")
-    if not path.with_suffix(".bin").is_file():
-        raise BadInputError(f"{path}: the weights file {path.with_suffix('.bin').name} is missing")
-    try:
-        # f32 inference: on CPUs with bf16 units OpenVINO would otherwise run "FP32" models in bf16.
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    except RuntimeError as exc:
-        raise BadInputError(f"OpenVINO cannot load {path}: {str(exc).splitlines()[0]}") from exc
-    request = compiled.create_infer_request()
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return np.concatenate([request.infer({0: image[None]})[compiled.output(0)].copy() for image in batch])
-
-    return run
-
-
-RUNNERS = {".onnx": onnx_runner, ".xml": openvino_runner}
-
-
-def runner_for(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    if not path.is_file():
-        raise BadInputError(f"model not found: {path}")
-    try:
-        return RUNNERS[path.suffix.lower()](path)
-    except KeyError:
-        raise BadInputError(f"{path}: not an exported model (expected .onnx or .xml)") from None
-
-
-def held_out_images(table, count: int, seed: int = 0) -> np.ndarray:
-    """Indices of up to ``count`` test images (all of them when count is 0), in a fixed order."""
-    test = table.indices("test")
-    if count and count < len(test):
-        test = np.sort(np.random.default_rng(seed).choice(test, count, replace=False))
-    return test
 
 
 def _inputs(table, indices: np.ndarray, spec: ModelSpec) -> np.ndarray:
@@ -136,7 +78,6 @@ def compare(reference: np.ndarray, rows: list[Row], labels: np.ndarray | None, b
 def verify(models: list[Path], reference_checkpoint: Path, data: str, images: int = 1000,
            seed: int = 0) -> tuple[list[Row], str]:
     """Run everything on the same held-out images; returns the rows and a printable table."""
-    from edgekit.export.artifacts import read_sidecar
     from edgekit.training.checkpoint import load_checkpoint
     from edgekit.training.quantize import checkpoint_data, load_model, run_model
 
@@ -144,16 +85,17 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
     if ckpt.spec.precision != "fp32":
         raise BadInputError(f"the reference must be an FP32 checkpoint; {reference_checkpoint} is {ckpt.spec.precision}")
     table = checkpoint_data(ckpt, data)
-    indices = held_out_images(table, images, seed)
+    indices = test_subset(table, images, seed)
     labels = table.labels[indices]
     reference = run_model(load_model(ckpt), [_inputs(table, indices, ckpt.spec)]).astype(np.float64)
     rows = [Row(f"PyTorch FP32 ({Path(reference_checkpoint).name})", "fp32", reference)]
     for path in map(Path, models):
-        spec, _ = read_sidecar(path)
+        runtime = load_runtime(path)
+        spec = runtime.spec
         if tuple(spec.labels) != tuple(ckpt.spec.labels):
             raise BadInputError(f"{path} has different labels from {reference_checkpoint}")
-        run = runner_for(path)
-        rows.append(Row(path.name, spec.precision, run(_inputs(table, indices, spec))))
+        rows.append(Row(path.name, spec.precision, runtime.infer(_inputs(table, indices, spec))))
+        runtime.close()
     compare(reference, rows[1:], labels, ckpt.spec.binary)
     from edgekit.training.metrics import predictions
 

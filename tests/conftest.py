@@ -79,3 +79,15 @@ def quantized(trained, mini_data, tmp_path_factory) -> dict:
     return quantize_checkpoint(QuantizeConfig(checkpoint=str(trained["checkpoint"]), data=str(mini_data),
                                               calib_batches=4, batch_size=16, limit_test=64, out=str(out),
                                               threads=2))
+
+
+@pytest.fixture(scope="session")
+def exported(trained, mini_data, tmp_path_factory):
+    """ONNX FP32/INT8 and OpenVINO FP32/FP16/INT8 of the tiny model, verified; (folder, ExportResult)."""
+    from edgekit.export.core import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("export")
+    result = export(ExportConfig(checkpoint=str(trained["checkpoint"]), formats=("onnx", "openvino"), out=str(out),
+                                 int8=True, fp16=True, data=str(mini_data), calib_size=64, calib_batch=16,
+                                 verify_images=200))
+    return out, result

@@ -10,15 +10,6 @@ from conftest import run_cli
 from edgekit.export.core import ExportConfig, export
 
 
-@pytest.fixture(scope="module")
-def exported(trained, mini_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    result = export(ExportConfig(checkpoint=str(trained["checkpoint"]), formats=("onnx", "openvino"), out=str(out),
-                                 int8=True, fp16=True, data=str(mini_data), calib_size=64, calib_batch=16,
-                                 verify_images=200))
-    return out, result
-
-
 def test_every_artifact_is_written_with_its_sidecar_and_verified(exported):
     out, result = exported
     names = {p.name for p in out.iterdir()}
@@ -53,6 +44,8 @@ def test_onnx_is_pinned_and_int8_is_qdq_and_small(exported):
     out, _ = exported
     fp32, int8 = onnx.load(str(out / "model.onnx")), onnx.load(str(out / "model_int8.onnx"))
     assert fp32.ir_version == 8 and {o.domain: o.version for o in fp32.opset_import}[""] == 17
+    # Only the default domain: older onnxruntime builds refuse models importing newer ai.onnx.ml etc.
+    assert [(o.domain, o.version) for o in int8.opset_import] == [("", 17)]
     ops = {n.op_type for n in int8.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert (out / "model_int8.onnx").stat().st_size < 0.35 * (out / "model.onnx").stat().st_size

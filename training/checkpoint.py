@@ -76,8 +76,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise BadInputError(f"checkpoint not found: {path}")
     try:
         with warnings.catch_warnings():
-            # Quantized state dicts trip torch's own TypedStorage deprecation notice on load.
+            # Quantized state dicts trip torch's own deprecation notices (storage, quantized tensors) on load.
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except LOAD_ERRORS as exc:
         raise BadInputError(f"cannot read checkpoint {path}: truncated or not a torch file "

@@ -212,6 +212,14 @@ def load_table(source: str | Path, **csv_options) -> ImageTable:
     return table
 
 
+def test_subset(table: ImageTable, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of up to ``count`` test images (all of them when count is 0), in a fixed order."""
+    test = table.indices("test")
+    if count and count < len(test):
+        test = np.sort(np.random.default_rng(seed).choice(test, count, replace=False))
+    return test
+
+
 def drop_unreadable(table: ImageTable) -> None:
     """Decode every file once; unreadable ones are dropped, counted and named in a warning."""
     from tqdm import tqdm

@@ -1,0 +1,139 @@
+"""One benchmark row, measured in its own process: ``python -m edgekit.benchmarks.worker < job.json``.
+
+A fresh process per row keeps rows honest: peak RSS belongs to one runtime (torch alone costs ~850 MB),
+thread settings cannot leak from one framework to the next, and a crash becomes a failed row instead of
+ending the run. The result is one JSON object on the last line of stdout.
+
+Protocol (DESIGN.md section 4, MLPerf single stream): import, create the session, time the first
+inference, warm up, then time back-to-back inferences until BOTH ``min_runs`` and ``min_seconds`` are
+reached. Peak RSS is read before any data set is loaded, so it is the runtime's footprint, not the data's.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from edgekit.errors import BadInputError, EdgekitError
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def timing_input(spec, batch: int, seed: int = 0) -> np.ndarray:
+    """A random batch in the model's own input layout and dtype (CNN latency does not depend on pixels)."""
+    height, width = spec.input_size
+    shape = (batch, spec.channels, height, width) if spec.layout == "NCHW" else (batch, height, width, spec.channels)
+    rng = np.random.default_rng(seed)
+    if spec.dtype == "uint8":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def latency_stats(seconds: list[float], batch: int) -> dict:
+    ms = np.asarray(seconds) * 1e3
+    return {"runs": int(len(ms)), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "min_ms": float(ms.min()),
+            "fps": float(batch * 1e3 / ms.mean())}
+
+
+def evaluation_set(data: str, spec, images: int, seed: int):
+    """(inputs generator factory, labels) for ``data``: an image data set (its test split) or an .npz
+    file with preprocessed inputs ``x`` and optional labels ``y``."""
+    from pathlib import Path
+
+    from edgekit.spec import preprocess
+
+    if str(data).endswith(".npz"):
+        if not Path(data).is_file():
+            raise BadInputError(f"data not found: {data}")
+        arrays = np.load(data)
+        if "x" not in arrays:
+            raise BadInputError(f"{data} has no array named 'x' (preprocessed inputs)")
+        x = arrays["x"][: images or None]
+        labels = arrays["y"][: images or None] if "y" in arrays else None
+        return (lambda start, stop: x[start:stop]), len(x), labels
+    from edgekit.training.data import assign_splits, load_table, test_subset
+
+    table = load_table(data)
+    # The training defaults (seed 0, 10 % val, 20 % test): the split `edgekit train` made. Data sets with
+    # their own test split (Fashion-MNIST's t10k files, a test/ folder) use that.
+    assign_splits(table)
+    if tuple(table.class_names) != tuple(spec.labels):
+        raise BadInputError(f"{data} has classes {list(table.class_names)[:5]}... but the model has "
+                            f"{list(spec.labels)[:5]}...")
+    indices = test_subset(table, images, seed)
+
+    def inputs(start: int, stop: int) -> np.ndarray:
+        return np.stack([preprocess(table.image(i), spec, source_color=table.color) for i in indices[start:stop]])
+
+    return inputs, len(indices), table.labels[indices]
+
+
+def run_job(job: dict) -> dict:
+    from pathlib import Path
+
+    from edgekit.runtimes.base import RuntimeOptions, runtime_class
+    from edgekit.training.metrics import predictions
+
+    options = RuntimeOptions(**{**job["options"], "providers": tuple(job["options"]["providers"])})
+    result: dict = {"status": "ok"}
+    start = time.perf_counter()
+    cls = runtime_class(job["runtime"])
+    runtime = cls()
+    result["import_s"] = time.perf_counter() - start  # the backend module (and its framework) imported lazily
+    start = time.perf_counter()
+    runtime.load(Path(job["model"]), options)
+    result["session_s"] = time.perf_counter() - start
+    spec, batch = runtime.spec, options.batch
+    x = timing_input(spec, batch)
+    start = time.perf_counter()
+    runtime.infer(x)
+    result["first_ms"] = (time.perf_counter() - start) * 1e3
+    for _ in range(job["warmup"]):
+        runtime.infer(x)
+    times: list[float] = []
+    begin = time.perf_counter()
+    while len(times) < job["min_runs"] or time.perf_counter() - begin < job["min_seconds"]:
+        t0 = time.perf_counter()
+        runtime.infer(x)
+        times.append(time.perf_counter() - t0)
+    result.update(latency_stats(times, batch))
+    result["peak_rss_mb"] = _peak_rss_mb()
+    result["describe"] = runtime.describe()
+    result["precision"] = spec.precision
+    result["torch_imported"] = "torch" in sys.modules and sys.modules["torch"] is not None
+    if job.get("data") and job.get("evaluate"):
+        inputs, count, labels = evaluation_set(job["data"], spec, job.get("images", 0), job.get("seed", 0))
+        step = max(batch, 1)
+        logits = np.concatenate([runtime.infer(inputs(i, min(i + step, count))) for i in range(0, count, step)])
+        preds = predictions(logits, spec.binary)
+        result["predictions"] = preds.tolist()
+        if labels is not None:
+            result["accuracy"] = float((preds == labels).mean())
+        result["eval_images"] = int(count)
+    runtime.close()
+    return result
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.read())
+    try:
+        result = run_job(job)
+    except EdgekitError as exc:
+        result = {"status": "failed", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001  a backend's own error: report it as this row's failure, in one line
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip().splitlines()[0]
+        result = {"status": "failed", "reason": f"{type(exc).__name__} in {job['runtime']}: {last[:300]}"}
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

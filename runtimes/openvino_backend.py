@@ -1,0 +1,64 @@
+"""OpenVINO backend: IR (.xml + .bin) or ONNX files, on any OpenVINO device (CPU by default)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BadInputError, require
+from edgekit.export.openvino_format import RT_INFO_PATH  # where export writes the spec in rt_info
+from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_input, run_in_chunks
+from edgekit.spec import ModelSpec
+
+
+class OpenVINORuntime:
+    name = "openvino"
+
+    def load(self, path: Path, options: RuntimeOptions) -> None:
+        ov = require("openvino", "openvino", "the OpenVINO runtime")
+        core = ov.Core()
+        if options.device.split(":")[0] not in {d.split(".")[0] for d in core.available_devices} | {"AUTO", "MULTI", "HETERO"}:
+            raise BadInputError(f"OpenVINO device {options.device!r} is not available here "
+                                f"(available: {', '.join(core.available_devices)})")
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as exc:
+            raise BadInputError(f"OpenVINO cannot read {path}: {str(exc).splitlines()[0][:300]}") from exc
+        self.spec: ModelSpec = artifact_spec(
+            path, lambda: ModelSpec.from_json(model.get_rt_info(RT_INFO_PATH).astype(str))
+            if model.has_rt_info(RT_INFO_PATH) else None)
+        shape = model.input(0).get_partial_shape()
+        if shape.rank.is_static and (shape[0].is_dynamic or shape[0].get_length() != options.batch):
+            shape[0] = options.batch  # an IR is compiled for one batch size; the CPU plugin reshapes cheaply
+            model.reshape({model.input(0): shape})
+        config = {"PERFORMANCE_HINT": options.performance_hint,
+                  "INFERENCE_PRECISION_HINT": options.inference_precision}
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = options.threads
+        try:
+            self.compiled = core.compile_model(model, options.device, config)
+        except RuntimeError as exc:
+            raise BadInputError(f"OpenVINO cannot compile {path}: {str(exc).splitlines()[0][:300]}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+        self.path, self.options, self.version = path, options, ov.get_version()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        check_input(batch, self.spec)
+        run = lambda x: self.request.infer({0: x})[self.output].copy()  # noqa: E731
+        return run_in_chunks(batch, self.options.batch, run)
+
+    def describe(self) -> dict[str, Any]:
+        props = {}
+        for key in ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT"):
+            try:
+                props[key] = str(self.compiled.get_property(key))
+            except RuntimeError:
+                props[key] = None
+        return {"runtime": self.name, "version": self.version, "format": "openvino" if self.path.suffix.lower() == ".xml" else "onnx",
+                "precision": self.spec.precision, "threads": self.options.threads, "device": self.options.device,
+                "compiled": props}
+
+    def close(self) -> None:
+        self.request = self.compiled = None

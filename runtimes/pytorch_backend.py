@@ -1,0 +1,45 @@
+"""PyTorch backend: edgekit checkpoints (FP32, or INT8 from `edgekit quantize`) in eager mode."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import require
+from edgekit.runtimes.base import RuntimeOptions, check_input
+
+
+class PyTorchRuntime:
+    name = "pytorch"
+
+    def load(self, path: Path, options: RuntimeOptions) -> None:
+        torch = require("torch", "train", "the PyTorch runtime")
+        from edgekit.training.checkpoint import load_checkpoint
+        from edgekit.training.quantize import load_model
+
+        if options.threads:
+            torch.set_num_threads(options.threads)  # process-wide: torch has no per-model setting
+        checkpoint = load_checkpoint(path)
+        self.spec = checkpoint.spec
+        self.model = load_model(checkpoint)
+        self.path, self.options, self.version = path, options, str(torch.__version__)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        from edgekit.training.quantize import quiet_torch_ao
+
+        check_input(batch, self.spec)
+        with torch.inference_mode(), quiet_torch_ao():
+            return self.model(torch.from_numpy(batch)).numpy()
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+
+        return {"runtime": self.name, "version": self.version, "format": "pytorch", "precision": self.spec.precision,
+                "threads": torch.get_num_threads(), "engine": self.spec.quantization.get("engine"),
+                "mode": "eager"}
+
+    def close(self) -> None:
+        self.model = None

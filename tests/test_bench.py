@@ -1,0 +1,121 @@
+"""`edgekit bench` end to end on the tiny model: every runtime and precision in one table, the output files,
+`bench compare`, and bad input. Latency values are never asserted (the machine is shared); structure is."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+FAST = ("--min-runs", "5", "--min-seconds", "0", "--warmup", "1")
+
+
+@pytest.fixture(scope="module")
+def bench_run(exported, trained, quantized, mini_data, tmp_path_factory):
+    out, _ = exported
+    folder = tmp_path_factory.mktemp("bench")
+    models = [str(trained["checkpoint"]), quantized["int8"]["path"], str(out / "model.onnx"),
+              str(out / "model_int8.onnx"), str(out / "model.xml"), str(out / "model_int8.xml")]
+    proc = run_cli("bench", *models, "--threads", "1", "--data", str(mini_data), "--images", "200", *FAST,
+                   "--json", str(folder / "a.json"), "--csv", str(folder / "a.csv"),
+                   "--markdown", str(folder / "a.md"), "--plot", str(folder / "a.png"))
+    return proc, folder
+
+
+def test_one_table_over_every_runtime_and_precision(bench_run):
+    proc, folder = bench_run
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((folder / "a.json").read_text())
+    rows = result["rows"]
+    assert [(r["runtime"], r["precision"]) for r in rows] == [
+        ("pytorch", "fp32"), ("pytorch", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+        ("openvino", "fp32"), ("openvino", "int8")]
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["runs"] >= 5 and r["eval_images"] == 200
+        assert 0 <= r["accuracy"] <= 1 and r["peak_rss_mb"] > 0 and r["size_mb"] > 0
+        assert r["describe"]["threads"] == 1
+    reference = rows[0]
+    assert reference["reference"] and reference["agreement"] == 1.0 and reference["delta_pp"] == 0
+    fp32_exports = [r for r in rows[2:] if r["precision"] == "fp32"]
+    assert all(r["agreement"] == 1.0 for r in fp32_exports)  # same network, same decisions
+    assert all(not r["torch_imported"] for r in rows if r["runtime"] == "onnxruntime")
+    env = result["environment"]
+    assert env["cpu"] and env["packages"]["onnxruntime"] and "bench" in env["command"]
+    for header in ("p90 ms", "x ref p90", "ok (reference)"):
+        assert header in proc.stdout
+
+
+def test_csv_markdown_and_plot_are_written(bench_run):
+    _, folder = bench_run
+    with open(folder / "a.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and float(rows[3]["p90_ms"]) > 0
+    markdown = (folder / "a.md").read_text()
+    assert markdown.count("\n| ") >= 6 and "Command: `" in markdown
+    assert (folder / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_shows_ratios(bench_run, tmp_path):
+    _, folder = bench_run
+    data = json.loads((folder / "a.json").read_text())
+    for r in data["rows"]:
+        r["p50_ms"] *= 2
+        r["p90_ms"] *= 2
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    proc = run_cli("bench", "compare", str(folder / "a.json"), str(tmp_path / "b.json"))
+    assert proc.returncode == 0, proc.stderr
+    ratios = [line.split()[-1] for line in proc.stdout.splitlines()[3:]]
+    assert len(ratios) == 6 and all(abs(float(x) - 2.0) < 1e-6 for x in ratios)
+    proc = run_cli("bench", "compare", str(folder / "a.json"), str(folder / "a.csv"))
+    assert proc.returncode == 2 and "not a benchmark JSON file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bad_row_fails_with_its_reason_while_others_run(exported, tmp_path):
+    out, _ = exported
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes((out / "model.onnx").read_bytes()[:5000])
+    proc = run_cli("bench", str(out / "model.onnx"), str(corrupt), str(tmp_path / "notes.txt"), *FAST,
+                   "--json", str(tmp_path / "r.json"))
+    assert proc.returncode == 1
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok", "failed", "failed"]
+    assert "onnxruntime cannot load" in rows[1]["reason"] and "model not found" in rows[2]["reason"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrong_input_shape_in_data_is_a_failed_row(exported, tmp_path):
+    out, _ = exported
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 1, 28, 28), np.float32), y=np.zeros(4, int))
+    proc = run_cli("bench", str(out / "model.onnx"), "--data", str(tmp_path / "wrong.npz"), *FAST)
+    assert proc.returncode == 1
+    assert "does not fit the model: expected (N, 3, 32, 32)" in proc.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("README.md",), "not a model file"),
+    (("missing.onnx",), "model not found"),
+    (("--threads", "two", "x.onnx"), "comma-separated integers"),
+])
+def test_nothing_runnable_is_one_line_and_nonzero(args, fragment, tmp_path):
+    from conftest import REPO
+
+    proc = run_cli("bench", *args, cwd=REPO)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and fragment in last and "Traceback" not in proc.stderr
+
+
+def test_runtime_not_installed_is_a_skipped_row(exported):
+    import subprocess
+    import sys
+
+    out, _ = exported
+    code = ("import sys; sys.modules['openvino'] = None\n"
+            "from edgekit.benchmarks.harness import BenchConfig, plan\n"
+            f"rows = plan(BenchConfig(models=({str(out / 'model.xml')!r},)))\n"
+            "print(rows[0]['status'], '|', rows[0]['reason'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("skipped |") and 'pip install "edgekit[openvino]"' in proc.stdout
