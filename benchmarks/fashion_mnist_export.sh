@@ -22,3 +22,5 @@ cmd="edgekit export $OUT/model.pt --format openvino --int8 --ov-int8 qdq --data 
     echo "$d: fp32 $fp32 int8 $int8 ratio $(python3 -c "print(f'{$int8/$fp32:.3f}')")"; done
   echo "onnx: fp32 $(stat -c%s $OUT/export/model.onnx) int8 $(stat -c%s $OUT/export/model_int8.onnx) ratio $(python3 -c "print(f'{$(stat -c%s $OUT/export/model_int8.onnx)/$(stat -c%s $OUT/export/model.onnx):.3f}')")"
 } | tee "$RES/fashion_mnist_export_sizes.txt"
+# The oldest onnxruntime the README names must load and agree with the current one.
+{ machine; echo "command: bash benchmarks/onnxruntime_oldest.sh $OUT/export"; echo; bash benchmarks/onnxruntime_oldest.sh "$OUT/export"; } 2>&1 | tee "$RES/onnxruntime_oldest.txt"

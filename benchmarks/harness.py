@@ -76,7 +76,12 @@ def environment(argv: list[str] | None = None) -> dict:
     return {"cpu": model, "machine": platform.machine(), "logical_cpus": os.cpu_count(),
             "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "isa": [f for f in ISA_FLAGS if f in flags], "os": platform.platform(), "python": platform.python_version(),
-            "packages": versions, "command": " ".join(argv if argv is not None else sys.argv)}
+            "packages": versions, "command": _command(argv if argv is not None else sys.argv)}
+
+
+def _command(argv: list[str]) -> str:
+    """The command as the user would type it (`edgekit bench ...`, not the venv's full script path)."""
+    return " ".join([Path(argv[0]).name, *argv[1:]]) if argv else ""
 
 
 def installed(package: str) -> bool:
@@ -272,16 +277,20 @@ def plot(result: dict, path: Path) -> None:
         raise MissingExtraError("matplotlib", "train", "the benchmark plot") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [r for r in result["rows"] if r["status"] == "ok"]
     with_acc = all("accuracy" in r for r in rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
+    for i, r in enumerate(sorted(rows, key=lambda r: r["p90_ms"])):  # neighbours on x alternate label sides
         y = 100 * r["accuracy"] if with_acc else r["size_mb"]
         ax.scatter(r["p90_ms"], y, s=40 + 30 * r["size_mb"], alpha=0.6)
         ax.annotate(f"{r['runtime']} {r.get('precision', '')} t{r['threads']}", (r["p90_ms"], y), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("p90 latency, ms (batch %d)" % result["config"]["batch"])
+                    xytext=(6, 6 if i % 2 == 0 else -12), textcoords="offset points")  # alternate: fewer overlaps
+    ax.set_xscale("log")  # runtimes differ by 10x; a linear axis squeezes the fast ones together
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel("p90 latency, ms, log scale (batch %d)" % result["config"]["batch"])
     ax.set_ylabel("accuracy, %" if with_acc else "size, MB")
     ax.set_title(f"{result['environment']['cpu']}  (marker area ~ size)", fontsize=8)
     ax.grid(alpha=0.3)

@@ -41,13 +41,19 @@ class OpenVINORuntime:
         except RuntimeError as exc:
             raise BadInputError(f"OpenVINO cannot compile {path}: {str(exc).splitlines()[0][:300]}") from exc
         self.request = self.compiled.create_infer_request()
-        self.output = self.compiled.output(0)
+        self._ov = ov
         self.path, self.options, self.version = path, options, ov.get_version()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         check_input(batch, self.spec)
-        run = lambda x: self.request.infer({0: x})[self.output].copy()  # noqa: E731
-        return run_in_chunks(batch, self.options.batch, run)
+        return run_in_chunks(batch, self.options.batch, self._run)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        # The leanest Python path (about 0.06 ms less per call than request.infer(dict) at 160x160, which
+        # matters for sub-millisecond INT8 models): wrap the array without a copy, infer, copy the output.
+        self.request.set_input_tensor(self._ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+        self.request.infer()
+        return self.request.get_output_tensor(0).data.copy()
 
     def describe(self) -> dict[str, Any]:
         props = {}
