@@ -22,9 +22,16 @@ from edgekit.errors import BadInputError, EdgekitError
 
 
 def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux, bytes on macOS.
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    """Peak resident memory of this process. Linux: VmHWM, which starts afresh at exec; ru_maxrss would
+    be at least the *parent's* peak, because Linux carries it across fork + exec."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    # macOS and others: ru_maxrss (bytes on macOS, KiB elsewhere).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def timing_input(spec, batch: int, seed: int = 0) -> np.ndarray:

@@ -14,6 +14,7 @@ smaller, hence the default.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -42,6 +43,9 @@ def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterabl
     """NNCF post-training INT8 on the converted FP32 model, fed edgekit's calibration batches."""
     ov = require("openvino", "openvino", "OpenVINO export")
     nncf = require("nncf", "openvino", "OpenVINO INT8 with NNCF")
+    # NNCF probes torch's C++-extension helper, which logs "No CUDA runtime is found" on every CPU-only
+    # machine: true, expected and not the user's concern here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     model = ov.convert_model(str(fp32_onnx))
     single = [image[None] for batch in batches for image in batch]  # the IR has a fixed batch of one
     quantized = nncf.quantize(model, nncf.Dataset(single), subset_size=min(num_samples, len(single)),

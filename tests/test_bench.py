@@ -119,3 +119,15 @@ def test_runtime_not_installed_is_a_skipped_row(exported):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("skipped |") and 'pip install "edgekit[openvino]"' in proc.stdout
+
+
+def test_peak_rss_is_the_rows_own_not_the_parents(exported):
+    """Linux carries ru_maxrss across fork + exec; the worker must report its own peak, even when the
+    process that starts it (here: pytest, holding torch and models) is much bigger."""
+    from edgekit.benchmarks.harness import BenchConfig, bench
+
+    out, _ = exported
+    result = bench(BenchConfig(models=(str(out / "model.onnx"),), threads=(1,), min_runs=3, min_seconds=0, warmup=0))
+    own_peak = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    row = result["rows"][0]
+    assert row["status"] == "ok" and 0 < row["peak_rss_mb"] < own_peak

@@ -36,7 +36,7 @@ def run_demo(out: str = "runs/demo", epochs: int = 12, threads: int = 0) -> str:
         "", "-- exported artifacts vs PyTorch FP32 --", *export_lines,
         "", "-- edgekit bench: every model on its runtime (batch 1, short runs: see README for the protocol) --",
         *bench_lines,
-        "", f"artifacts in {out}/: model.pt, model_int8.pt, metrics.json, curves.png, model*.onnx, model*.xml",
+        "", f"artifacts in {out}/: model.pt, model_int8.pt, metrics.json, curves.png, model*.onnx, model*.xml, bench.json",
         f"total time {time.perf_counter() - start:.0f} s. A small subset and few epochs: see README for the "
         "full Fashion-MNIST numbers.",
     ])
