@@ -131,3 +131,13 @@ def test_peak_rss_is_the_rows_own_not_the_parents(exported):
     own_peak = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     row = result["rows"][0]
     assert row["status"] == "ok" and 0 < row["peak_rss_mb"] < own_peak
+
+
+def test_a_thread_list_gives_a_row_per_count_and_evaluates_once(exported, mini_data, tmp_path):
+    out, _ = exported
+    proc = run_cli("bench", str(out / "model.onnx"), "--threads", "1,2", "--data", str(mini_data), "--images", "50",
+                   *FAST, "--json", str(tmp_path / "t.json"))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [(r["threads"], r["describe"]["threads"]) for r in rows] == [(1, 1), (2, 2)]
+    assert rows[0]["accuracy"] == rows[1]["accuracy"] and rows[1]["eval_images"] == 50
