@@ -11,7 +11,6 @@ reached. Peak RSS is read before any data set is loaded, so it is the runtime's 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 import traceback
@@ -19,19 +18,7 @@ import traceback
 import numpy as np
 
 from edgekit.errors import BadInputError, EdgekitError
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process. Linux: VmHWM, which starts afresh at exec; ru_maxrss would
-    be at least the *parent's* peak, because Linux carries it across fork + exec."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    # macOS and others: ru_maxrss (bytes on macOS, KiB elsewhere).
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+from edgekit.hardware import peak_rss_mb
 
 
 def timing_input(spec, batch: int, seed: int = 0) -> np.ndarray:
@@ -113,7 +100,7 @@ def run_job(job: dict) -> dict:
         runtime.infer(x)
         times.append(time.perf_counter() - t0)
     result.update(latency_stats(times, batch))
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = peak_rss_mb()
     result["describe"] = runtime.describe()
     result["precision"] = spec.precision
     result["torch_imported"] = "torch" in sys.modules and sys.modules["torch"] is not None

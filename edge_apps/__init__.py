@@ -1,1 +1,3 @@
-"""Camera pipeline and edge applications; see the edge_apps issue. Nothing here yet."""
+"""The real-time pipeline (sources -> preprocess -> infer on any runtime -> smooth -> events/overlay -> sinks)
+behind `edgekit run`. The driver and attentiveness apps, face regions, MJPEG streaming and the meeting
+server are still to come (see the edge_apps issues)."""

@@ -7,6 +7,8 @@ instructions accumulate in 32 bits and take full 8-bit activations.
 from __future__ import annotations
 
 import platform
+import resource
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,3 +33,17 @@ def has_int8_dot_product() -> bool:
     """True where 8-bit products accumulate in 32 bits (VNNI, AMX, ARM dot product)."""
     flags = cpu_flags()
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}) or is_arm()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process. Linux: VmHWM, which starts afresh at exec; ru_maxrss would
+    be at least the *parent's* peak, because Linux carries it across fork + exec."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    # macOS and others: ru_maxrss (bytes on macOS, KiB elsewhere).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
