@@ -104,3 +104,34 @@ def test_window_and_ema_smoothing():
     assert np.allclose(ema.update(np.array([0.0, 1.0]))[1], [0.75, 0.25])
     assert np.allclose(probabilities(np.array([0.0]), binary=True), [0.5, 0.5])
     assert np.isclose(probabilities(np.array([1.0, 2.0, 3.0]), binary=False).sum(), 1.0)
+
+
+def test_url_source_is_read_live_and_every_frame_is_accounted_for(exported, clip, tmp_path):
+    """A real HTTP server streams the clip; the capture thread keeps the newest frame, so each frame read
+    is either processed or counted as dropped."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(clip.parent)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        out, _ = exported
+        proc = run_cli("run", "--model", str(out / "model.onnx"), "--source", f"http://127.0.0.1:{port}/{clip.name}",
+                       "--out", str(tmp_path), "--no-save-video")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    source = summary["source"]
+    assert source["live"] and source["read"] == 40
+    assert summary["frames"] + source["dropped"] == source["read"]
+    assert "stopped delivering frames" in source["error"]
