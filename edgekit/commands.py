@@ -322,3 +322,21 @@ def run_cmd(model: str, runtime: str | None, source: str, out: str, save_video: 
     click.echo(format_summary(summary))
     click.echo(f"wrote {folder / 'events.jsonl'}, {folder / 'summary.json'}"
                + (f", {folder / 'annotated.avi'}" if save_video else ""), err=True)
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path())
+@click.option("--runtime", default=None, help="Runtime to try the model with (default: the file's natural one).")
+@click.option("--camera", default=0, show_default=True, help="Camera index to probe.")
+@click.option("--json", "json_path", default=None, help="Also write the checks as JSON.")
+def doctor(model: str | None, runtime: str | None, camera: int, json_path: str | None) -> None:
+    """Check this machine (and optionally MODEL): OS, CPU and what it means for INT8, runtimes, memory,
+    camera, and whether the model loads and runs. Exit 1 when a check fails."""
+    from edgekit.doctor import format_checks, run_checks, to_json
+
+    checks = run_checks(model, runtime, camera)
+    click.echo(format_checks(checks))
+    if json_path:
+        Path(json_path).write_text(json.dumps(to_json(checks), indent=2) + "\n")
+    if any(c.status == "fail" for c in checks):
+        raise click.exceptions.Exit(1)

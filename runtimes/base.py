@@ -133,7 +133,7 @@ def check_pair(path: str | Path, runtime: str) -> str:
     runtime = resolve_runtime(runtime)
     fmt = detect_format(path)
     if runtime not in FORMAT_RUNTIMES[fmt]:
-        raise BadInputError(f"{runtime} cannot run a {fmt} model ({Path(path).name}); "
+        raise BadInputError(f"{runtime} cannot run {fmt} models ({Path(path).name}); "
                             f"use {' or '.join(FORMAT_RUNTIMES[fmt])}")
     return runtime
 

@@ -104,7 +104,7 @@ def test_wrong_runtime_shape_and_names(exported):
     out, _ = exported
     with pytest.raises(UnknownNameError, match="Did you mean 'openvino'"):
         load_runtime(out / "model.onnx", "openvnio")
-    with pytest.raises(BadInputError, match="onnxruntime cannot run a openvino model"):
+    with pytest.raises(BadInputError, match="onnxruntime cannot run openvino models"):
         load_runtime(out / "model.xml", "onnxruntime")
     rt = load_runtime(out / "model.onnx")
     with pytest.raises(BadInputError, match=r"expected \(N, 3, 32, 32\)"):
