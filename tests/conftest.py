@@ -39,6 +39,16 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
                           cwd=cwd, timeout=timeout)
 
 
+def run_cli_without(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the `edgekit` CLI in a fresh interpreter in which importing ``module`` fails (as on a device
+    where it is not installed)."""
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            "from edgekit.cli import main\n"
+            f"sys.argv = ['edgekit', *{list(args)!r}]\n"
+            "main()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     """root/<class>/*.png with three classes of synthetic images."""

@@ -1,11 +1,9 @@
 """`edgekit doctor`: the INT8 advice per instruction set, and the real command on real models."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_without
 from edgekit.doctor import int8_advice
 
 
@@ -24,11 +22,7 @@ def test_int8_advice_follows_the_instruction_set(flags, arm, core, status, fragm
 
 def test_doctor_loads_and_runs_the_model_without_torch(exported, tmp_path):
     out, _ = exported
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from edgekit.cli import main\n"
-            f"sys.argv = ['edgekit', 'doctor', {str(out / 'model_int8.onnx')!r}, '--json', {str(tmp_path / 'd.json')!r}]\n"
-            "main()\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_cli_without("torch", "doctor", str(out / "model_int8.onnx"), "--json", str(tmp_path / "d.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     checks = {c["name"]: c for c in json.loads((tmp_path / "d.json").read_text())}
     assert {"platform", "cpu", "int8", "runtimes", "memory", "camera", "model"} <= set(checks)

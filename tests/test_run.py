@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_without
 from edgekit.edge_apps.smoothing import Smoother, probabilities
 
 
@@ -45,12 +45,8 @@ def test_run_writes_events_video_and_summary(exported, clip, tmp_path):
 
 def test_run_every_kth_frame_and_without_torch(exported, clip, tmp_path):
     out, _ = exported
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from edgekit.cli import main\n"
-            f"sys.argv = ['edgekit', 'run', '--model', {str(out / 'model.onnx')!r}, '--source', {str(clip)!r},\n"
-            f"            '--out', {str(tmp_path)!r}, '--every', '3', '--no-save-video']\n"
-            "main()\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_cli_without("torch", "run", "--model", str(out / "model.onnx"), "--source", str(clip),
+                           "--out", str(tmp_path), "--every", "3", "--no-save-video")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames"] == 40 and summary["inferences"] == 14  # frames 0, 3, ..., 39
