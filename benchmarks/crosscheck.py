@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def ours(model: str, threads: int, runs: int) -> float:

@@ -19,7 +19,6 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from edgekit.export.verify import _inputs
     from edgekit.training.checkpoint import load_checkpoint
     from edgekit.training.data import test_subset
     from edgekit.training.quantize import checkpoint_data, load_model
@@ -28,7 +27,7 @@ def main() -> None:
     ckpt_path, onnx_path, data = sys.argv[1:4] + defaults[len(sys.argv[1:4]):]
     ckpt = load_checkpoint(ckpt_path)
     table = checkpoint_data(ckpt, data)
-    x = _inputs(table, test_subset(table, 0), ckpt.spec).astype(np.float32)
+    x = table.inputs(test_subset(table, 0), ckpt.spec).astype(np.float32)
     model = load_model(ckpt).eval()
 
     def run_torch(m, dtype=torch.float32):

@@ -14,14 +14,13 @@ python - "$EXPORT" "$DATA" "$WORK" <<'PY'
 import sys, numpy as np, onnxruntime as ort
 from pathlib import Path
 from edgekit.export.artifacts import read_sidecar
-from edgekit.export.verify import _inputs
 from edgekit.training.data import load_table, test_subset
 export, data, work = map(Path, sys.argv[1:])
 table = load_table(str(data))
 idx = test_subset(table, 1000)
 for model in sorted(export.glob("*.onnx")):
     spec, _ = read_sidecar(model)
-    x = _inputs(table, idx, spec)
+    x = table.inputs(idx, spec)
     s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     labels = np.array([s.run(None, {name: x[i:i + 1]})[0].argmax() for i in range(len(x))])

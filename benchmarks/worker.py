@@ -23,8 +23,7 @@ from edgekit.hardware import peak_rss_mb
 
 def timing_input(spec, batch: int, seed: int = 0) -> np.ndarray:
     """A random batch in the model's own input layout and dtype (CNN latency does not depend on pixels)."""
-    height, width = spec.input_size
-    shape = (batch, spec.channels, height, width) if spec.layout == "NCHW" else (batch, height, width, spec.channels)
+    shape = spec.input_shape(batch)
     rng = np.random.default_rng(seed)
     if spec.dtype == "uint8":
         return rng.integers(0, 256, shape, dtype=np.uint8)
@@ -43,7 +42,6 @@ def evaluation_set(data: str, spec, images: int, seed: int):
     file with preprocessed inputs ``x`` and optional labels ``y``."""
     from pathlib import Path
 
-    from edgekit.spec import preprocess
 
     if str(data).endswith(".npz"):
         if not Path(data).is_file():
@@ -66,7 +64,7 @@ def evaluation_set(data: str, spec, images: int, seed: int):
     indices = test_subset(table, images, seed)
 
     def inputs(start: int, stop: int) -> np.ndarray:
-        return np.stack([preprocess(table.image(i), spec, source_color=table.color) for i in indices[start:stop]])
+        return table.inputs(indices[start:stop], spec)
 
     return inputs, len(indices), table.labels[indices]
 

@@ -105,16 +105,14 @@ def _model(path: str, runtime: str | None) -> list[Check]:
         rt = load_runtime(path, runtime)
         load_s = time.perf_counter() - start
         spec = rt.spec
-        height, width = spec.input_size
-        shape = (1, spec.channels, height, width) if spec.layout == "NCHW" else (1, height, width, spec.channels)
         start = time.perf_counter()
-        rt.infer(np.zeros(shape, np.dtype(spec.dtype)))
+        rt.infer(np.zeros(spec.input_shape(), np.dtype(spec.dtype)))
         first_ms = (time.perf_counter() - start) * 1e3
         info = rt.describe()
         rt.close()
     except EdgekitError as exc:
         return [Check("model", "fail", str(exc))]
-    return [Check("model", "ok", f"{Path(path).name} ({spec.precision}, {spec.arch}, {width}x{height}) loads in "
+    return [Check("model", "ok", f"{Path(path).name} ({spec.precision}, {spec.arch}, {spec.input_size[1]}x{spec.input_size[0]}) loads in "
                                  f"{info['runtime']} {info['version']} in {load_s:.2f} s; first inference "
                                  f"{first_ms:.1f} ms")]
 

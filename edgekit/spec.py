@@ -95,6 +95,13 @@ class ModelSpec:
     def num_outputs(self) -> int:
         return 1 if self.binary else len(self.labels)
 
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """The shape of a batch the network takes: (N, C, H, W) or (N, H, W, C)."""
+        height, width = self.input_size
+        if self.layout == "NCHW":
+            return (batch, self.channels, height, width)
+        return (batch, height, width, self.channels)
+
     def replace(self, **changes: Any) -> "ModelSpec":
         return dataclasses.replace(self, **changes)
 

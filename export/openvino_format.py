@@ -53,9 +53,13 @@ def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterabl
     return _save(quantized, spec, xml_path, fp16=False)
 
 
-def read_rt_info_spec(xml_path: str | Path) -> ModelSpec | None:
-    ov = require("openvino", "openvino", "reading OpenVINO IR")
-    model = ov.Core().read_model(str(xml_path))
+def rt_info_spec(model) -> ModelSpec | None:
+    """The spec export wrote into an ``openvino.Model``'s rt_info, if any."""
     if not model.has_rt_info(RT_INFO_PATH):
         return None
     return ModelSpec.from_json(model.get_rt_info(RT_INFO_PATH).astype(str))
+
+
+def read_rt_info_spec(xml_path: str | Path) -> ModelSpec | None:
+    ov = require("openvino", "openvino", "reading OpenVINO IR")
+    return rt_info_spec(ov.Core().read_model(str(xml_path)))

@@ -13,7 +13,6 @@ import numpy as np
 
 from edgekit.errors import BadInputError, EdgekitError
 from edgekit.runtimes.base import load_runtime
-from edgekit.spec import ModelSpec, preprocess
 from edgekit.training.data import test_subset
 
 # fp32: logits must match elementwise within atol + rtol * |reference| (numpy.allclose's rule: two
@@ -42,10 +41,6 @@ class Row:
     delta_pp: float | None = None
     status: str = "ok"
     problems: list[str] = field(default_factory=list)
-
-
-def _inputs(table, indices: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    return np.stack([preprocess(table.image(i), spec, source_color=table.color) for i in indices])
 
 
 def compare(reference: np.ndarray, rows: list[Row], labels: np.ndarray | None, binary: bool) -> None:
@@ -87,14 +82,14 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
     table = checkpoint_data(ckpt, data)
     indices = test_subset(table, images, seed)
     labels = table.labels[indices]
-    reference = run_model(load_model(ckpt), [_inputs(table, indices, ckpt.spec)]).astype(np.float64)
+    reference = run_model(load_model(ckpt), [table.inputs(indices, ckpt.spec)]).astype(np.float64)
     rows = [Row(f"PyTorch FP32 ({Path(reference_checkpoint).name})", "fp32", reference)]
     for path in map(Path, models):
         runtime = load_runtime(path)
         spec = runtime.spec
         if tuple(spec.labels) != tuple(ckpt.spec.labels):
             raise BadInputError(f"{path} has different labels from {reference_checkpoint}")
-        rows.append(Row(path.name, spec.precision, runtime.infer(_inputs(table, indices, spec))))
+        rows.append(Row(path.name, spec.precision, runtime.infer(table.inputs(indices, spec))))
         runtime.close()
     compare(reference, rows[1:], labels, ckpt.spec.binary)
     from edgekit.training.metrics import predictions

@@ -98,7 +98,7 @@ def detect_format(path: str | Path) -> str:
             raise BadInputError(f"{path} is not a torch checkpoint (not a zip archive)")
         return "pytorch"
     if suffix == ".xml":
-        if b"<" not in head.lstrip()[:1]:
+        if not head.lstrip().startswith(b"<"):
             raise BadInputError(f"{path} is not an OpenVINO IR (not XML)")
         bin_path = path.with_suffix(".bin")
         if not bin_path.is_file():
@@ -161,8 +161,7 @@ def artifact_spec(path: Path, embedded=None) -> ModelSpec:
 
 def check_input(batch: np.ndarray, spec: ModelSpec) -> None:
     """A wrong shape or dtype becomes one readable line instead of a backend stack trace."""
-    height, width = spec.input_size
-    chw = (spec.channels, height, width) if spec.layout == "NCHW" else (height, width, spec.channels)
+    chw = spec.input_shape()[1:]
     if batch.ndim != 4 or tuple(batch.shape[1:]) != chw:
         raise BadInputError(f"input shape {tuple(batch.shape)} does not fit the model: expected (N, {', '.join(map(str, chw))})")
     expected = np.dtype(spec.dtype)

@@ -12,7 +12,7 @@ from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_input, ru
 from edgekit.spec import ModelSpec
 
 
-def _load_errors(ort) -> tuple[type, ...]:
+def _load_errors() -> tuple[type, ...]:
     """onnxruntime's load failures are its own exception classes, not subclasses of RuntimeError."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
@@ -44,7 +44,7 @@ class OnnxRuntime:
         session_options.log_severity_level = 3  # errors only; warnings about unused initialisers are noise
         try:
             self.session = ort.InferenceSession(str(path), session_options, providers=list(options.providers))
-        except _load_errors(ort) as exc:
+        except _load_errors() as exc:
             raise BadInputError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
         self.path, self.options, self.version = path, options, ort.__version__
         metadata = self.session.get_modelmeta().custom_metadata_map

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BadInputError, require
-from edgekit.export.openvino_format import RT_INFO_PATH  # where export writes the spec in rt_info
+from edgekit.export.openvino_format import rt_info_spec
 from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_input, run_in_chunks
 from edgekit.spec import ModelSpec
 
@@ -25,9 +25,7 @@ class OpenVINORuntime:
             model = core.read_model(str(path))
         except RuntimeError as exc:
             raise BadInputError(f"OpenVINO cannot read {path}: {str(exc).splitlines()[0][:300]}") from exc
-        self.spec: ModelSpec = artifact_spec(
-            path, lambda: ModelSpec.from_json(model.get_rt_info(RT_INFO_PATH).astype(str))
-            if model.has_rt_info(RT_INFO_PATH) else None)
+        self.spec: ModelSpec = artifact_spec(path, lambda: rt_info_spec(model))
         shape = model.input(0).get_partial_shape()
         if shape.rank.is_static and (shape[0].is_dynamic or shape[0].get_length() != options.batch):
             shape[0] = options.batch  # an IR is compiled for one batch size; the CPU plugin reshapes cheaply

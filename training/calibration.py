@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from edgekit.errors import BadInputError
-from edgekit.spec import ModelSpec, preprocess
+from edgekit.spec import ModelSpec
 from edgekit.training.data import ImageTable
 
 MIN_RECOMMENDED_SAMPLES = 300
@@ -47,7 +47,7 @@ def calibration_batches(table: ImageTable, spec: ModelSpec, num_samples: int, ba
     counts = np.zeros(len(table.class_names), np.int64)
     for start in range(0, len(chosen), batch_size):
         part = chosen[start:start + batch_size]
-        batch = np.stack([preprocess(table.image(i), spec, source_color=table.color) for i in part])
+        batch = table.inputs(part, spec)
         digest.update(batch.tobytes())
         axes = (0, 2, 3) if spec.layout == "NCHW" else (0, 1, 2)
         total += batch.sum(axis=axes, dtype=np.float64)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import BadInputError
-from edgekit.spec import FASHION_MNIST_LABELS
+from edgekit.spec import FASHION_MNIST_LABELS, ModelSpec, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ class ImageTable:
         if self.arrays is not None:
             return self.arrays[index]
         return read_image(self.paths[index])
+
+    def inputs(self, indices, spec: ModelSpec) -> np.ndarray:
+        """The images at ``indices`` preprocessed for a model with ``spec``, stacked into one batch."""
+        return np.stack([preprocess(self.image(i), spec, source_color=self.color) for i in indices])
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)

@@ -224,11 +224,9 @@ def latency_ms(model, spec, min_runs: int = 30, min_seconds: float = 1.0) -> flo
 
 
 def _test_batches(table, spec, indices: np.ndarray, batch_size: int):
-    from edgekit.spec import preprocess
-
     for start in range(0, len(indices), batch_size):
         part = indices[start:start + batch_size]
-        yield np.stack([preprocess(table.image(i), spec, source_color=table.color) for i in part])
+        yield table.inputs(part, spec)
 
 
 def checkpoint_data(ckpt: Checkpoint, data: str):
