@@ -1,42 +1,43 @@
-"""The real-time pipeline: source -> preprocess (from the model's spec) -> infer (any runtime) -> smooth ->
-events -> overlay -> sinks, with every stage timed.
+"""The real-time pipeline: source -> [resize] -> app (face ROI, preprocess, infer, smooth) -> events ->
+overlay -> sinks, with every stage timed.
 
-Metrics: per-stage latency (capture wait, preprocess, infer, smooth, render), glass-to-glass latency (from
-the moment a frame was read to the moment its result exists), pipeline FPS against model-only FPS (1 / mean
-inference time), frames read / dropped / corrupt, and peak RSS. ``summary()`` returns them as a dict; the
-CLI prints them and writes them as JSON.
+Three threads share the work so that, on a small CPU, the model is the only thing the frame rate waits for:
+the source's reader thread decodes ahead, the main thread runs the app, and a sink thread renders the
+overlay and writes the video / MJPEG stream / window. Queues between them are short and bounded.
+
+Switchable savings (each measured by ``benchmarks/pipeline_overhead.py``): ``every`` (run the model on
+every k-th frame, reuse the result in between), ``motion_gate`` (reuse the result while the picture has
+not changed: mean absolute grey-level change of a 64x48 thumbnail below the threshold) and ``scale``
+(shrink frames before anything else touches them).
+
+Metrics: per-stage latency, glass-to-glass latency (frame read -> its result exists), pipeline FPS vs
+model-only FPS (1 / mean inference time), frames read / dropped / corrupt, peak RSS; in the overlay, in
+``/status.json`` when streaming, and in ``summary()``.
 """
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.edge_apps.smoothing import Smoother, probabilities
+from edgekit.edge_apps.apps import Analysis, Timer
 from edgekit.edge_apps.sources import Frame, FrameSource
+from edgekit.errors import BadInputError
 from edgekit.hardware import peak_rss_mb
-from edgekit.spec import preprocess
-
-STAGES = ("wait", "preprocess", "infer", "smooth", "render")
 
 
 @dataclass
 class PipelineConfig:
-    every: int = 1  # run the model on every k-th frame, reuse the last result in between
+    every: int = 1  # run the app on every k-th frame, reuse the last result in between
     max_frames: int = 0  # stop after this many frames (0 = until the source ends)
+    motion_gate: float = 0.0  # 0 = off; else reuse the last result while the frame changes less than this
+    scale: float = 1.0  # resize every frame by this factor first
     overlay: bool = True
-
-
-@dataclass
-class Result:
-    label: int
-    score: float
-    probs: np.ndarray
-    fresh: bool  # inferred on this frame (False: reused, see --every)
 
 
 class JsonlEvents:
@@ -73,80 +74,205 @@ class VideoSink:
             self.writer.release()
 
 
+class WindowSink:
+    """An OpenCV window; needs a display and an OpenCV build with GUI support. ``q`` or Esc stops the run."""
+
+    def __init__(self, title: str = "edgekit"):
+        import os
+
+        import cv2
+
+        self.title, self.quit = title, False
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise BadInputError("--show needs a display (DISPLAY is not set); use --serve :8080 to watch in a browser")
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise BadInputError("--show needs OpenCV with GUI support (opencv-python-headless has none: "
+                                "pip install opencv-python); or use --serve :8080 to watch in a browser") from None
+
+    def write(self, image: np.ndarray) -> None:
+        import cv2
+
+        cv2.imshow(self.title, image)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.quit = True
+
+    def close(self) -> None:
+        import cv2
+
+        cv2.destroyWindow(self.title)
+
+
+class StreamSink:
+    """Frames to an :class:`~edgekit.edge_apps.stream.MjpegServer` as JPEG, with a status dict."""
+
+    def __init__(self, server, quality: int = 80):
+        self.server, self.quality, self.status = server, quality, {}
+
+    def write(self, image: np.ndarray) -> None:
+        import cv2
+
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if ok:
+            self.server.publish(jpeg.tobytes(), self.status)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def render(frame: Frame, analysis: Analysis, line: str) -> np.ndarray:
+    """The frame with boxes, label, score, active alerts and a metrics line drawn on it."""
+    import cv2
+
+    image = frame.image.copy()
+    alert = bool(analysis.alerts)
+    colour = (0, 0, 255) if alert else (0, 200, 0)
+    for i, box in enumerate(analysis.boxes):
+        cv2.rectangle(image, (box.x, box.y), (box.x + box.w, box.y + box.h), colour if i == 0 else (255, 200, 0), 2)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    text = f"{analysis.label} {analysis.score:.2f}" + ("  ALERT: " + ", ".join(analysis.alerts) if alert else "")
+    cv2.putText(image, text, (8, 24), font, 0.7, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.putText(image, text, (8, 24), font, 0.7, colour, 2, cv2.LINE_AA)
+    cv2.putText(image, line, (8, image.shape[0] - 10), font, 0.45, (0, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
+class SinkThread:
+    """Renders and writes on its own thread. The queue is short and ``submit`` blocks when it is full, so a
+    video file gets every frame; a slow sink slows the run rather than eating memory."""
+
+    def __init__(self, sinks: list, timer: Timer, overlay: bool = True):
+        self.sinks, self.timer, self.overlay = sinks, timer, overlay
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="edgekit-sinks", daemon=True)
+        self.thread.start()
+
+    @property
+    def quit(self) -> bool:
+        return any(getattr(s, "quit", False) for s in self.sinks) or self.error is not None
+
+    def submit(self, frame: Frame, analysis: Analysis, line: str, status: dict) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((frame, analysis, line, status))
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            frame, analysis, line, status = item
+            try:
+                with self.timer("render"):
+                    image = render(frame, analysis, line) if self.overlay else frame.image
+                    for sink in self.sinks:
+                        if isinstance(sink, StreamSink):
+                            sink.status = status
+                        sink.write(image)
+            except Exception as exc:  # handed to the main thread, which re-raises it on the next submit
+                self.error = exc
+                return
+
+    def close(self) -> None:
+        """Drain what is queued, then close every sink (the video file is finalised here)."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        for sink in self.sinks:
+            sink.close()
+
+
+STAGES = ("wait", "resize", "gate", "roi", "eyes", "preprocess", "infer", "smooth", "render")
+
+
+def stage_order(stage: str) -> int:
+    return STAGES.index(stage) if stage in STAGES else len(STAGES)
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.resize(image, (64, 48), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY).astype(np.int16)
+
+
 @dataclass
 class Pipeline:
-    runtime: object  # an edgekit.runtimes Runtime
-    smoother: Smoother
+    app: object  # an edge_apps.apps app: analyze(image, t) -> (Analysis, events)
+    timer: Timer
     config: PipelineConfig = field(default_factory=PipelineConfig)
     events: JsonlEvents | None = None
-    video: VideoSink | None = None
-    times: dict = field(default_factory=lambda: defaultdict(list))
+    sinks: list = field(default_factory=list)
     glass_to_glass: list = field(default_factory=list)
     frames: int = 0
-    inferences: int = 0
+    analyzed: int = 0
+    gated: int = 0  # frames the motion gate let through without running the app
+    seconds: float = 0.0
 
     def run(self, source: FrameSource) -> dict:
         start = time.perf_counter()
-        last: Result | None = None
+        last: Analysis | None = None
+        reference = None  # thumbnail of the last analysed frame (motion gate)
         label_before = None
+        writer = SinkThread(self.sinks, self.timer, self.config.overlay) if self.sinks else None
         iterator = iter(source)
         try:
             while not self.config.max_frames or self.frames < self.config.max_frames:
-                t0 = time.perf_counter()
-                frame = next(iterator, None)
-                if frame is None:
+                with self.timer("wait"):
+                    frame = next(iterator, None)
+                if frame is None or (writer is not None and writer.quit):
                     break
-                self.times["wait"].append(time.perf_counter() - t0)
-                if last is None or self.frames % self.config.every == 0:
-                    last = self._infer(frame)
+                if self.config.scale != 1.0:
+                    with self.timer("resize"):
+                        frame = replace(frame, image=self._resize(frame.image))
+                analyze = last is None or self.frames % self.config.every == 0
+                if analyze and last is not None and self.config.motion_gate > 0:
+                    with self.timer("gate"):
+                        small = thumbnail(frame.image)
+                        if float(np.abs(small - reference).mean()) < self.config.motion_gate:
+                            analyze, self.gated = False, self.gated + 1
+                if analyze:
+                    last, events = self.app.analyze(frame.image, frame.t)
+                    self.analyzed += 1
+                    if self.config.motion_gate > 0:
+                        reference = thumbnail(frame.image)
                 else:
-                    last = Result(last.label, last.score, last.probs, fresh=False)
+                    last, events = replace(last, inferred=False), []
                 self.glass_to_glass.append(time.monotonic() - frame.captured)
-                if self.events is not None and last.label != label_before:
-                    self.events.write({"type": "label", "frame": frame.index, "time": round(time.time(), 3),
-                                       "label": self.labels[last.label], "score": round(last.score, 4)})
+                if last.label != label_before:
+                    events.insert(0, {"type": "label", "label": last.label, "score": round(last.score, 4)})
                     label_before = last.label
-                if self.video is not None:
-                    t0 = time.perf_counter()
-                    self.video.write(self._render(frame, last))
-                    self.times["render"].append(time.perf_counter() - t0)
+                if self.events is not None:
+                    for event in events:
+                        self.events.write({"frame": frame.index, "t": round(frame.t, 3),
+                                           "time": round(time.time(), 3), **event})
                 self.frames += 1
+                if writer is not None:
+                    line, status = self._live_metrics(start, last)
+                    writer.submit(frame, last, line, status)
         finally:
             self.seconds = time.perf_counter() - start
-            for sink in (self.events, self.video):
-                if sink is not None:
-                    sink.close()
+            if writer is not None:
+                writer.close()
+            if self.events is not None:
+                self.events.close()
         return self.summary(source)
 
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self.runtime.spec.labels
-
-    def _infer(self, frame: Frame) -> Result:
-        spec = self.runtime.spec
-        t0 = time.perf_counter()
-        x = preprocess(frame.image, spec, source_color="BGR")[None]
-        t1 = time.perf_counter()
-        logits = self.runtime.infer(x)[0]
-        t2 = time.perf_counter()
-        label, smoothed = self.smoother.update(probabilities(logits, spec.binary))
-        t3 = time.perf_counter()
-        for stage, seconds in (("preprocess", t1 - t0), ("infer", t2 - t1), ("smooth", t3 - t2)):
-            self.times[stage].append(seconds)
-        self.inferences += 1
-        return Result(label, float(smoothed[label]), smoothed, fresh=True)
-
-    def _render(self, frame: Frame, result: Result) -> np.ndarray:
+    def _resize(self, image: np.ndarray) -> np.ndarray:
         import cv2
 
-        image = frame.image.copy()
-        if self.config.overlay:
-            infer_ms = 1e3 * float(np.mean(self.times["infer"][-30:])) if self.times["infer"] else 0.0
-            text = f"{self.labels[result.label]} {result.score:.2f}"
-            cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 0), 2, cv2.LINE_AA)
-            cv2.putText(image, f"infer {infer_ms:.1f} ms", (8, 48), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 255), 1,
-                        cv2.LINE_AA)
-        return image
+        return cv2.resize(image, None, fx=self.config.scale, fy=self.config.scale,
+                          interpolation=cv2.INTER_AREA if self.config.scale < 1 else cv2.INTER_LINEAR)
+
+    def _live_metrics(self, start: float, last: Analysis) -> tuple[str, dict]:
+        infer = self.timer.times.get("infer") or [0.0]
+        fps = self.frames / max(1e-9, time.perf_counter() - start)
+        g2g = self.glass_to_glass[-30:]
+        if self.frames % 30 == 1:
+            self._rss = peak_rss_mb()
+        line = (f"{fps:.1f} FPS | infer {1e3 * float(np.mean(infer[-30:])):.1f} ms | "
+                f"glass-glass {1e3 * float(np.mean(g2g)):.0f} ms | RSS {getattr(self, '_rss', 0) or 0:.0f} MB")
+        status = {"label": last.label, "score": round(last.score, 4), "alerts": list(last.alerts),
+                  "frames": self.frames, "fps": round(fps, 2), **last.info}
+        return line, status
 
     def summary(self, source: FrameSource) -> dict:
         def stats(values):
@@ -156,22 +282,31 @@ class Pipeline:
             return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
                     "mean_ms": float(ms.mean()), "count": int(len(ms))}
 
-        infer = stats(self.times["infer"])
+        infer = stats(self.timer.times.get("infer"))
         return {
-            "frames": self.frames, "inferences": self.inferences, "seconds": self.seconds,
+            "app": self.app.name, "frames": self.frames, "analyzed": self.analyzed, "gated": self.gated,
+            "inferences": self.app.classify.inferences, "faces": self.app.face_search, "seconds": self.seconds,
             "pipeline_fps": self.frames / self.seconds if self.seconds > 0 else 0.0,
             "model_only_fps": 1e3 / infer["mean_ms"] if infer else None,
-            "stages": {s: stats(self.times[s]) for s in STAGES if self.times[s]},
+            "stages": {s: stats(self.timer.times[s]) for s in sorted(self.timer.times, key=stage_order)
+                       if self.timer.times[s]},
             "glass_to_glass": stats(self.glass_to_glass),
             "source": {"name": source.source, "live": source.live, "read": source.stats.read,
-                       "dropped": source.stats.dropped, "corrupt": source.stats.corrupt, "error": source.error},
-            "peak_rss_mb": peak_rss_mb(), "runtime": self.runtime.describe(),
+                       "dropped": source.stats.dropped, "corrupt": source.stats.corrupt,
+                       "reconnects": source.stats.reconnects, "error": source.error},
+            "config": {"every": self.config.every, "motion_gate": self.config.motion_gate, "scale": self.config.scale},
+            "peak_rss_mb": peak_rss_mb(), "runtime": self.app.classify.runtime.describe(),
         }
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{summary['frames']} frames in {summary['seconds']:.1f} s: pipeline {summary['pipeline_fps']:.1f} FPS, "
-             f"model only {summary['model_only_fps'] or 0:.1f} FPS ({summary['inferences']} inferences)"]
+    lines = [f"{summary['app']}: {summary['frames']} frames in {summary['seconds']:.1f} s: pipeline "
+             f"{summary['pipeline_fps']:.1f} FPS, model only {summary['model_only_fps'] or 0:.1f} FPS "
+             f"({summary['inferences']} inferences" + (f", {summary['gated']} frames gated" if summary["gated"] else "")
+             + ")"]
+    faces = summary.get("faces") or {}
+    if faces.get("searched"):
+        lines.append(f"faces found in {faces['found']} of {faces['searched']} frames searched")
     for stage, s in summary["stages"].items():
         lines.append(f"  {stage:<11} p50 {s['p50_ms']:7.2f} ms  p90 {s['p90_ms']:7.2f} ms")
     g = summary["glass_to_glass"]
@@ -179,6 +314,7 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {'glass-glass':<11} p50 {g['p50_ms']:7.2f} ms  p90 {g['p90_ms']:7.2f} ms")
     src = summary["source"]
     lines.append(f"source {src['name']}: read {src['read']}, dropped {src['dropped']}, corrupt {src['corrupt']}"
+                 + (f", reconnects {src['reconnects']}" if src["reconnects"] else "")
                  + (f"; {src['error']}" if src["error"] else "")
                  + (f"; peak RSS {summary['peak_rss_mb']:.0f} MB" if summary["peak_rss_mb"] else ""))
     return "\n".join(lines)

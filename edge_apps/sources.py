@@ -1,13 +1,15 @@
 """Frame sources: a camera index, a video file, an image folder or a stream URL, as timestamped frames.
 
-Live sources (cameras, URLs) are read by a background thread that keeps only the newest frame: a slow model
-then works on the freshest picture instead of an ever older queue, and every frame it never saw is counted
-as dropped. Files and folders are read in order, every frame, since nothing is lost by waiting for them.
+Every source is decoded by a background thread, so decoding overlaps with inference. Live sources (cameras,
+URLs) keep only the newest frame: a slow model then works on the freshest picture instead of an ever older
+queue, and every frame it never saw is counted as dropped. Files and folders are read in order, every frame,
+since nothing is lost by waiting for them.
 """
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,38 +26,62 @@ class Frame:
     index: int  # position in the source (frames never seen by the model leave gaps)
     image: np.ndarray  # BGR uint8, as OpenCV decodes
     captured: float  # time.monotonic() when the frame was read
+    t: float  # source time in seconds: video time for files and folders, seconds since start for live sources
 
 
 @dataclass
 class SourceStats:
     read: int = 0
     dropped: int = 0  # live sources: frames replaced by a newer one before the pipeline took them
-    corrupt: int = 0  # unreadable images in a folder, skipped
+    corrupt: int = 0  # unreadable images in a folder or undecodable video frames, skipped
+    reconnects: int = 0  # URL sources: successful re-opens after the stream dropped
 
 
 def is_live(source: str) -> bool:
     return source.isdigit() or "://" in source
 
 
-class FrameSource:
-    """Iterate over :class:`Frame` objects; ``stats`` counts what was read, dropped and skipped."""
+def is_url(source: str) -> bool:
+    return "://" in source
 
-    def __init__(self, source: str):
+
+class FrameSource:
+    """Iterate over :class:`Frame` objects; ``stats`` counts what was read, dropped and skipped.
+
+    A reader thread decodes ahead of the pipeline, so decoding overlaps with inference. Live sources keep
+    only the newest frame; files and folders go through a short queue and no frame is lost. URL sources
+    that drop are re-opened with exponential backoff (``reconnect`` attempts, 0.5 s doubling to 8 s).
+    """
+
+    QUEUE = 4  # frames decoded ahead for files and folders
+    MAX_BAD_FRAMES = 3  # undecodable frames in a row before a video file counts as ended
+    HEALTHY = 30.0  # seconds of frames after which a URL's reconnect attempts start afresh
+
+    def __init__(self, source: str, reconnect: int = 5, fps: float = 0.0, realtime: bool = False):
         self.source = str(source)
         self.stats = SourceStats()
-        self.live = is_live(self.source)
+        # realtime: play a file or folder at its frame rate and treat it like a camera (newest frame wins)
+        self.device = is_live(self.source)  # a camera or a URL
+        self.realtime = realtime and not self.device
+        self.live = self.device or self.realtime
+        self.reconnect = reconnect if is_url(self.source) else 0
         path = Path(self.source)
-        if not self.live and not path.exists():
+        if not self.device and not path.exists():
             raise BadInputError(f"source not found: {self.source}")
         self.folder = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if not self.live and path.is_dir() else None
+            if not self.device and path.is_dir() else None
         if self.folder is not None and not self.folder:
             raise BadInputError(f"{self.source}: no images in this folder")
         self.capture = None if self.folder is not None else self._open_capture()
+        self.frame_count = 0 if self.capture is None or self.device else int(self._prop("CAP_PROP_FRAME_COUNT"))
+        self._fps = fps or (self._prop("CAP_PROP_FPS") if self.capture is not None else 0.0) or 25.0
         self._latest: Frame | None = None
+        self._queue: deque = deque()
         self._lock = threading.Condition()
         self._stopped = False
-        self.error: str | None = None  # why a live source ended, if it did
+        self._done = False
+        self._attempts, self._healthy_since = 0, time.monotonic()
+        self.error: str | None = None  # why the source ended early, if it did
 
     def _open_capture(self):
         import cv2
@@ -66,75 +92,118 @@ class FrameSource:
                                 f"unreachable URL)")
         return capture
 
+    def _prop(self, name: str) -> float:
+        import cv2
+
+        return float(self.capture.get(getattr(cv2, name)) or 0.0)
+
     @property
     def fps(self) -> float:
-        if self.capture is None:
-            return 0.0
+        """Frames per second of a video file or camera (25 when the source does not say)."""
+        return self._fps
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        """Decoded images in source order; bookkeeping of corrupt frames, ends and reconnects."""
         import cv2
 
-        return float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
-
-    def __iter__(self) -> Iterator[Frame]:
         if self.folder is not None:
-            yield from self._folder_frames()
-        elif self.live:
-            yield from self._live_frames()
-        else:
-            yield from self._file_frames()
-
-    def _folder_frames(self) -> Iterator[Frame]:
-        import cv2
-
-        for index, path in enumerate(self.folder):
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                self.stats.corrupt += 1
-                continue
-            self.stats.read += 1
-            yield Frame(index, image, time.monotonic())
-
-    def _file_frames(self) -> Iterator[Frame]:
-        index = 0
-        while True:
-            ok, image = self.capture.read()
-            if not ok:
-                return  # end of file (a truncated file ends here too; the summary says how many were read)
-            self.stats.read += 1
-            yield Frame(index, image, time.monotonic())
-            index += 1
-
-    def _reader(self) -> None:
-        index = 0
+            for path in self.folder:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is None:
+                    self.stats.corrupt += 1
+                    yield None  # keeps the index (and the time) of the frames after it
+                else:
+                    yield image
+            return
+        bad = 0  # failed reads in a row; they were corrupt frames if a good one follows, else the end
         while not self._stopped:
             ok, image = self.capture.read()
-            if not ok:
+            if ok and image is not None:
+                self.stats.corrupt += bad
+                for _ in range(bad):
+                    yield None  # keeps the index (and the time) of the frames after them
+                bad = 0
+                yield image
+                continue
+            if not self.device and bad < self.MAX_BAD_FRAMES and self._prop("CAP_PROP_POS_FRAMES") < self.frame_count - 1:
+                bad += 1  # an undecodable frame inside the file, or a truncated end: the next read tells
+                continue
+            if is_url(self.source) and self._reopen():
+                continue
+            if self.device:
                 self.error = f"source {self.source!r} stopped delivering frames"
-                break
-            with self._lock:
-                if self._latest is not None:
-                    self.stats.dropped += 1
-                self._latest = Frame(index, image, time.monotonic())
-                self.stats.read += 1
-                self._lock.notify()
-            index += 1
-        with self._lock:
-            self._stopped = True
-            self._lock.notify()
+            elif self.stats.read + self.stats.corrupt < self.frame_count:
+                self.error = f"{self.source} ended after {self.stats.read} of {self.frame_count} frames (truncated?)"
+            return
 
-    def _live_frames(self) -> Iterator[Frame]:
+    def _reopen(self) -> bool:
+        """Re-open a dropped URL with backoff. The attempts start afresh only after HEALTHY seconds of
+        frames, so a URL that keeps ending (a file served over HTTP) stops after ``reconnect`` replays."""
+        import cv2
+
+        now = time.monotonic()
+        if now - self._healthy_since >= self.HEALTHY:
+            self._attempts = 0
+        while self._attempts < self.reconnect and not self._stopped:
+            time.sleep(min(8.0, 0.5 * 2 ** self._attempts))
+            self._attempts += 1
+            self.capture.release()
+            self.capture = cv2.VideoCapture(self.source)
+            if self.capture.isOpened():
+                self.stats.reconnects += 1
+                self._healthy_since = time.monotonic()
+                return True
+        return False
+
+    def _reader(self) -> None:
+        start = time.monotonic()
+        try:
+            for index, image in enumerate(self._decode()):
+                if image is None:
+                    continue
+                if self.realtime:
+                    time.sleep(max(0.0, start + index / self._fps - time.monotonic()))
+                now = time.monotonic()
+                frame = Frame(index, image, now, index / self._fps if self.realtime or not self.live else now - start)
+                with self._lock:
+                    if self.live:
+                        if self._latest is not None:
+                            self.stats.dropped += 1
+                        self._latest = frame
+                    else:
+                        self._lock.wait_for(lambda: len(self._queue) < self.QUEUE or self._stopped)
+                        if self._stopped:
+                            break
+                        self._queue.append(frame)
+                    self.stats.read += 1
+                    self._lock.notify_all()
+                if self._stopped:
+                    break
+        finally:
+            with self._lock:
+                self._done = True
+                self._lock.notify_all()
+
+    def _take(self) -> Frame | None:
+        with self._lock:
+            self._lock.wait_for(lambda: self._latest is not None or self._queue or self._done)
+            if self._queue:
+                frame = self._queue.popleft()
+            else:
+                frame, self._latest = self._latest, None
+            self._lock.notify_all()
+            return frame
+
+    def __iter__(self) -> Iterator[Frame]:
         thread = threading.Thread(target=self._reader, name="edgekit-capture", daemon=True)
         thread.start()
         try:
-            while True:
-                with self._lock:
-                    while self._latest is None and not self._stopped:
-                        self._lock.wait(timeout=1.0)
-                    frame, self._latest = self._latest, None
-                if frame is None:
-                    return
+            while (frame := self._take()) is not None:
                 yield frame
         finally:
-            self._stopped = True
+            with self._lock:
+                self._stopped = True
+                self._lock.notify_all()
             thread.join(timeout=2.0)
 
     def close(self) -> None:

@@ -278,42 +278,91 @@ def bench_compare(a: str, b: str) -> None:
 @click.option("--runtime", default=None, help="pytorch, onnxruntime or openvino (default: the file's natural one).")
 @click.option("--source", default="0", show_default=True,
               help="Camera index, video file, image folder or stream URL (rtsp://, http://).")
+@click.option("--app", type=click.Choice(["classify", "attend", "driver"]), default="classify", show_default=True,
+              help="classify: whole frame (or face with --faces); attend: largest face -> binary attentiveness "
+                   "averaged over --window frames; driver: 10-class distraction + eye-closure drowsiness alerts.")
+@click.option("--faces", default=None, help="Face detector: haar, none or a cascade .xml "
+              "(default: haar for attend/driver, none for classify).")
 @click.option("--out", default="runs/run", show_default=True,
               help="Folder for events.jsonl, summary.json and (with --save-video) annotated.avi.")
 @click.option("--save-video/--no-save-video", default=True, show_default=True, help="Write the annotated video.")
+@click.option("--serve", default=None, metavar="HOST:PORT",
+              help="Stream the annotated video as MJPEG over HTTP (e.g. :8080; open http://HOST:PORT/ in a browser).")
+@click.option("--show", is_flag=True, help="Show a window (needs a display and OpenCV with GUI; q quits).")
 @click.option("--smooth", default="window:5", show_default=True, help="window:N, ema:ALPHA or none.")
 @click.option("--hold", default=3, show_default=True, help="Frames a new label must stay on top before it is reported.")
 @click.option("--every", default=1, show_default=True, help="Run the model on every k-th frame only.")
+@click.option("--motion-gate", default=0.0, show_default=True,
+              help="Reuse the last result while the picture changes less than this (mean grey levels, 0-255; 0 = off).")
+@click.option("--scale", default=1.0, show_default=True, help="Resize frames by this factor before anything else.")
+@click.option("--window", default=5, show_default=True, help="attend: frames averaged per decision.")
+@click.option("--positive", default=None, help="attend: the attentive label (default: the model's second label).")
+@click.option("--safe-label", default=None, help="driver: the safe-driving label (default: c0 or a label with 'safe').")
+@click.option("--alert-after", default=2.0, show_default=True, help="driver: seconds of distraction before an alert.")
+@click.option("--perclos-seconds", default=30.0, show_default=True, help="driver: PERCLOS window in seconds.")
+@click.option("--perclos-threshold", default=0.3, show_default=True,
+              help="driver: share of closed-eye frames in the window that raises the drowsiness alert.")
+@click.option("--realtime", is_flag=True,
+              help="Play a video file or folder at its frame rate, like a camera (the newest frame wins).")
+@click.option("--reconnect", default=5, show_default=True, help="URL sources: re-open attempts (with backoff) after a drop.")
 @click.option("--max-frames", default=0, show_default=True, help="Stop after N frames (0 = until the source ends).")
 @click.option("--threads", default=2, show_default=True, help="Inference threads.")
-def run_cmd(model: str, runtime: str | None, source: str, out: str, save_video: bool, smooth: str, hold: int,
-            every: int, max_frames: int, threads: int) -> None:
+def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str | None, out: str, save_video: bool,
+            serve: str | None, show: bool, smooth: str, hold: int, every: int, motion_gate: float, scale: float,
+            window: int, positive: str | None, safe_label: str | None, alert_after: float, perclos_seconds: float,
+            perclos_threshold: float, realtime: bool, reconnect: int, max_frames: int, threads: int) -> None:
     """Classify frames from a camera, video, folder or URL in real time with any runtime.
 
     Prints a per-stage latency summary at the end (Ctrl-C ends early; files written so far are kept).
     """
-    from edgekit.edge_apps.pipeline import JsonlEvents, Pipeline, PipelineConfig, VideoSink, format_summary
+    from edgekit.edge_apps import apps
+    from edgekit.edge_apps.faces import load_detector
+    from edgekit.edge_apps.pipeline import (JsonlEvents, Pipeline, PipelineConfig, StreamSink, VideoSink,
+                                            WindowSink, format_summary)
     from edgekit.edge_apps.smoothing import Smoother
     from edgekit.edge_apps.sources import FrameSource
     from edgekit.runtimes import RuntimeOptions, load_runtime
 
-    if every < 1 or max_frames < 0:
-        raise BadInputError("--every must be >= 1 and --max-frames >= 0")
+    for name, value, ok, rule in (("--every", every, every >= 1, ">= 1"), ("--window", window, window >= 1, ">= 1"),
+                                  ("--max-frames", max_frames, max_frames >= 0, ">= 0"),
+                                  ("--motion-gate", motion_gate, motion_gate >= 0, ">= 0"),
+                                  ("--reconnect", reconnect, reconnect >= 0, ">= 0"),
+                                  ("--scale", scale, 0 < scale <= 4, "in (0, 4]")):
+        if not ok:
+            raise BadInputError(f"{name} must be {rule}, got {value}")
     smoother = Smoother.parse(smooth, hold)
+    detector = load_detector(faces if faces is not None else ("none" if app == "classify" else "haar"))
     rt = load_runtime(model, runtime, RuntimeOptions(threads=threads))
-    frames = FrameSource(source)
+    timer = apps.Timer()
+    if app == "attend":
+        worker = apps.AttendApp(rt, timer, detector, window=window, positive=positive)
+    elif app == "driver":
+        worker = apps.DriverApp(rt, timer, smoother, detector, safe_label=safe_label, alert_after=alert_after,
+                                perclos_seconds=perclos_seconds, perclos_threshold=perclos_threshold)
+    else:
+        worker = apps.ClassifyApp(rt, timer, smoother, faces=detector)
+    frames = FrameSource(source, reconnect=reconnect, realtime=realtime)
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"cannot write to {folder}: {exc.strerror}") from exc
-    pipeline = Pipeline(rt, smoother, PipelineConfig(every=every, max_frames=max_frames),
-                        events=JsonlEvents(folder / "events.jsonl"),
-                        video=VideoSink(folder / "annotated.avi", frames.fps) if save_video else None)
+    sinks = [VideoSink(folder / "annotated.avi", frames.fps)] if save_video else []
+    if show:
+        sinks.append(WindowSink())
+    if serve:
+        from edgekit.edge_apps.stream import MjpegServer
+
+        server = MjpegServer(serve, title=f"edgekit run --app {app}")
+        sinks.append(StreamSink(server))
+        click.echo(f"streaming on {server.url}", err=True)
+    pipeline = Pipeline(worker, timer, PipelineConfig(every=every, max_frames=max_frames, motion_gate=motion_gate,
+                                                      scale=scale),
+                        events=JsonlEvents(folder / "events.jsonl"), sinks=sinks)
     try:
         summary = pipeline.run(frames)
     except KeyboardInterrupt:
-        summary = pipeline.summary(frames)  # sinks were closed by run(): nothing written is lost
+        summary = pipeline.summary(frames)  # run() closed the sinks: the video is finalised, events flushed
         click.echo("interrupted", err=True)
     finally:
         frames.close()

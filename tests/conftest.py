@@ -101,3 +101,59 @@ def exported(trained, mini_data, tmp_path_factory):
                                  int8=True, fp16=True, data=str(mini_data), calib_size=64, calib_batch=16,
                                  verify_images=200))
     return out, result
+
+
+MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")  # Debian opencv-doc
+
+
+def draw_face(image: np.ndarray, cx: int, cy: int, r: int) -> np.ndarray:
+    """A drawn frontal face (skin oval, brows, open eyes, nose, mouth) that OpenCV's Haar cascade detects."""
+    import cv2
+
+    cv2.ellipse(image, (cx, cy), (int(r * 0.8), r), 0, 0, 360, (150, 180, 220), -1)
+    for side in (-1, 1):
+        ex, ey = cx + side * int(r * 0.35), cy - int(r * 0.2)
+        cv2.ellipse(image, (ex, ey - int(r * 0.18)), (int(r * 0.22), int(r * 0.05)), 0, 0, 360, (40, 40, 60), -1)
+        cv2.ellipse(image, (ex, ey), (int(r * 0.16), int(r * 0.09)), 0, 0, 360, (255, 255, 255), -1)
+        cv2.circle(image, (ex, ey), int(r * 0.07), (30, 20, 20), -1)
+    cv2.line(image, (cx, cy - int(r * 0.05)), (cx, cy + int(r * 0.25)), (110, 140, 190), 3)
+    cv2.ellipse(image, (cx, cy + int(r * 0.45)), (int(r * 0.3), int(r * 0.08)), 0, 0, 360, (60, 60, 150), -1)
+    return cv2.GaussianBlur(image, (5, 5), 0)
+
+
+@pytest.fixture(scope="session")
+def faces_video(tmp_path_factory) -> Path:
+    """Real video with faces: Megamind.avi from Debian's opencv-doc when installed (tools/system-packages.sh
+    installs it), else a generated 640x480 clip of a drawn face moving across the frame."""
+    if MEGAMIND.is_file():
+        return MEGAMIND
+    import cv2
+
+    path = tmp_path_factory.mktemp("faces") / "faces.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 24, (640, 480))
+    for i in range(60):
+        writer.write(draw_face(np.full((480, 640, 3), 90, np.uint8), 220 + 4 * i, 240, 120))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="session")
+def binary_models(tmp_path_factory) -> dict:
+    """A tiny one-logit attentive / not_attentive classifier (synthetic images; the apps' mechanics only) as
+    PyTorch checkpoint, ONNX and OpenVINO IR: {"pytorch": path, "onnxruntime": path, "openvino": path}."""
+    import cv2
+
+    from edgekit.export.core import ExportConfig, export
+    from edgekit.training.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("binary")
+    rng = np.random.default_rng(1)
+    for label, name in enumerate(("attentive", "not_attentive")):
+        (root / "data" / name).mkdir(parents=True)
+        for i in range(24):
+            cv2.imwrite(str(root / "data" / name / f"{i:03d}.png"), blob_image(label, rng))
+    result = train(TrainConfig(data=str(root / "data"), weights="none", input_size=32, epochs=1, batch_size=16,
+                               out=str(root / "model"), threads=2))
+    export(ExportConfig(checkpoint=str(result["checkpoint"]), formats=("onnx", "openvino"), verify_images=16))
+    model = Path(result["checkpoint"])
+    return {"pytorch": model, "onnxruntime": model.with_suffix(".onnx"), "openvino": model.with_suffix(".xml")}

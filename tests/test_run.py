@@ -121,7 +121,7 @@ def test_url_source_is_read_live_and_every_frame_is_accounted_for(exported, clip
             time.sleep(0.1)
         out, _ = exported
         proc = run_cli("run", "--model", str(out / "model.onnx"), "--source", f"http://127.0.0.1:{port}/{clip.name}",
-                       "--out", str(tmp_path), "--no-save-video")
+                       "--out", str(tmp_path), "--no-save-video", "--reconnect", "0")
     finally:
         server.terminate()
         server.wait(timeout=10)
