@@ -65,9 +65,13 @@ class Classifier:
         self.runtime, self.timer, self.spec = runtime, timer, runtime.spec
         self.inferences = 0
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The model's input for one image (the pipeline may call this on its reader thread)."""
         with self.timer("preprocess"):
-            x = preprocess(image, self.spec, source_color="BGR")[None]
+            return preprocess(image, self.spec, source_color="BGR")[None]
+
+    def __call__(self, image: np.ndarray, prepared: np.ndarray | None = None) -> np.ndarray:
+        x = self.prepare(image) if prepared is None else prepared
         with self.timer("infer"):
             logits = self.runtime.infer(x)[0]
         self.inferences += 1
@@ -99,11 +103,17 @@ class ClassifyApp:
         box = face.expand(self.margin, image.shape[1], image.shape[0])
         return box.crop(image), box
 
-    def analyze(self, image: np.ndarray, t: float) -> tuple[Analysis, list[dict]]:
+    @property
+    def prepare(self):
+        """Whole-frame apps can preprocess ahead, on the reader thread; with a face ROI the input depends on
+        the detection, so there is nothing to do ahead."""
+        return self.classify.prepare if self.faces is None else None
+
+    def analyze(self, image: np.ndarray, t: float, prepared: np.ndarray | None = None) -> tuple[Analysis, list[dict]]:
         crop, box = self.region(image)
         if crop is None:
             return Analysis("no face", 0.0), []
-        probs = self.classify(crop)
+        probs = self.classify(crop, prepared if box is None else None)
         with self.timer("smooth"):
             label, smoothed = self.smoother.update(probs)
         return Analysis(self.labels[label], float(smoothed[label]), [box] if box else []), []
@@ -128,7 +138,7 @@ class AttendApp(ClassifyApp):
         self.positive = labels.index(positive) if positive else default_positive(labels)
         self.window: deque = deque(maxlen=window)
 
-    def analyze(self, image: np.ndarray, t: float) -> tuple[Analysis, list[dict]]:
+    def analyze(self, image: np.ndarray, t: float, prepared: np.ndarray | None = None) -> tuple[Analysis, list[dict]]:
         crop, box = self.region(image)
         self.window.append(None if crop is None else float(self.classify(crop)[self.positive]))
         with self.timer("smooth"):
@@ -218,8 +228,12 @@ class DriverApp(ClassifyApp):
         self.perclos_threshold = perclos_threshold
         self.eyes = eyes if eyes is not None or faces is None else HaarEyeDetector()
 
-    def analyze(self, image: np.ndarray, t: float) -> tuple[Analysis, list[dict]]:
-        probs = self.classify(image)
+    @property
+    def prepare(self):
+        return self.classify.prepare  # the classifier sees the whole cabin
+
+    def analyze(self, image: np.ndarray, t: float, prepared: np.ndarray | None = None) -> tuple[Analysis, list[dict]]:
+        probs = self.classify(image, prepared)
         with self.timer("smooth"):
             label, smoothed = self.smoother.update(probs)
         name = self.names[label]

@@ -196,7 +196,7 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Pipeline:
-    app: object  # an edge_apps.apps app: analyze(image, t) -> (Analysis, events)
+    app: object  # an edge_apps.apps app: analyze(image, t, prepared) -> (Analysis, events); prepare or None
     timer: Timer
     config: PipelineConfig = field(default_factory=PipelineConfig)
     events: JsonlEvents | None = None
@@ -213,6 +213,9 @@ class Pipeline:
         reference = None  # thumbnail of the last analysed frame (motion gate)
         label_before = None
         writer = SinkThread(self.sinks, self.timer, self.config.overlay) if self.sinks else None
+        ahead = self.config.every == 1 and not self.config.motion_gate and getattr(self.app, "prepare", None)
+        if self.config.scale != 1.0 or ahead:
+            source.transform = lambda frame: self._ahead(frame, ahead)
         iterator = iter(source)
         try:
             while not self.config.max_frames or self.frames < self.config.max_frames:
@@ -220,9 +223,6 @@ class Pipeline:
                     frame = next(iterator, None)
                 if frame is None or (writer is not None and writer.quit):
                     break
-                if self.config.scale != 1.0:
-                    with self.timer("resize"):
-                        frame = replace(frame, image=self._resize(frame.image))
                 analyze = last is None or self.frames % self.config.every == 0
                 if analyze and last is not None and self.config.motion_gate > 0:
                     with self.timer("gate"):
@@ -230,7 +230,7 @@ class Pipeline:
                         if float(np.abs(small - reference).mean()) < self.config.motion_gate:
                             analyze, self.gated = False, self.gated + 1
                 if analyze:
-                    last, events = self.app.analyze(frame.image, frame.t)
+                    last, events = self.app.analyze(frame.image, frame.t, frame.prepared)
                     self.analyzed += 1
                     if self.config.motion_gate > 0:
                         reference = thumbnail(frame.image)
@@ -256,11 +256,17 @@ class Pipeline:
                 self.events.close()
         return self.summary(source)
 
-    def _resize(self, image: np.ndarray) -> np.ndarray:
+    def _ahead(self, frame: Frame, prepare) -> Frame:
+        """On the source's reader thread: --scale, and the model input when every frame will be analysed,
+        so that the main thread does little besides inference."""
         import cv2
 
-        return cv2.resize(image, None, fx=self.config.scale, fy=self.config.scale,
-                          interpolation=cv2.INTER_AREA if self.config.scale < 1 else cv2.INTER_LINEAR)
+        if self.config.scale != 1.0:
+            with self.timer("resize"):
+                image = cv2.resize(frame.image, None, fx=self.config.scale, fy=self.config.scale,
+                                   interpolation=cv2.INTER_AREA if self.config.scale < 1 else cv2.INTER_LINEAR)
+            frame = replace(frame, image=image)
+        return replace(frame, prepared=prepare(frame.image)) if prepare else frame
 
     def _live_metrics(self, start: float, last: Analysis) -> tuple[str, dict]:
         infer = self.timer.times.get("infer") or [0.0]

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class Frame:
     image: np.ndarray  # BGR uint8, as OpenCV decodes
     captured: float  # time.monotonic() when the frame was read
     t: float  # source time in seconds: video time for files and folders, seconds since start for live sources
+    prepared: object = None  # what the source's ``transform`` computed ahead (e.g. the model input)
 
 
 @dataclass
@@ -81,6 +82,8 @@ class FrameSource:
         self._stopped = False
         self._done = False
         self._attempts, self._healthy_since = 0, time.monotonic()
+        # Frame -> Frame, run on the reader thread (resizing, preprocessing ahead of the model)
+        self.transform: Callable[[Frame], Frame] | None = None
         self.error: str | None = None  # why the source ended early, if it did
 
     def _open_capture(self):
@@ -165,6 +168,8 @@ class FrameSource:
                     time.sleep(max(0.0, start + index / self._fps - time.monotonic()))
                 now = time.monotonic()
                 frame = Frame(index, image, now, index / self._fps if self.realtime or not self.live else now - start)
+                if self.transform is not None:
+                    frame = self.transform(frame)
                 with self._lock:
                     if self.live:
                         if self._latest is not None:

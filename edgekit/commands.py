@@ -373,6 +373,38 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
                + (f", {folder / 'annotated.avi'}" if save_video else ""), err=True)
 
 
+@cli.group()
+def dataset() -> None:
+    """Prepare training data for the camera apps."""
+
+
+@dataset.command("faces")
+@click.argument("videos", type=click.Path())
+@click.option("--labels", required=True, type=click.Path(), help="CSV with a clip column and a 0-3 level column.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder: <label>/*.jpg and faces.csv.")
+@click.option("--column", default="Engagement", show_default=True, help="The level column.")
+@click.option("--clip-column", default="ClipID", show_default=True, help="The clip file name column.")
+@click.option("--threshold", default=2, show_default=True, help="Level >= threshold is 'attentive'.")
+@click.option("--fps", default=1.0, show_default=True, help="Frames sampled per second of video.")
+@click.option("--size", default=112, show_default=True, help="Crop side in pixels.")
+@click.option("--person-level", default=2, show_default=True,
+              help="The person is the folder this many levels above the video (DAiSEE: 2).")
+def dataset_faces(**options) -> None:
+    """Face crops from labelled clips (DAiSEE layout), grouped by person for `edgekit train --group-column person`."""
+    from tqdm import tqdm
+
+    from edgekit.edge_apps.dataset import FaceDatasetConfig, build_face_dataset
+
+    cfg = FaceDatasetConfig(**options)
+    report = build_face_dataset(cfg, lambda videos: tqdm(videos, desc="clips", unit="clip"))
+    click.echo(f"{report.clips} clips, {report.frames} frames sampled, {report.faces} faces from "
+               f"{len(report.persons)} persons: " + ", ".join(f"{k} {v}" for k, v in sorted(report.per_label.items())))
+    for what, paths in (("without a label (skipped)", report.unlabelled), ("unreadable (skipped)", report.unreadable)):
+        if paths:
+            click.echo(f"{len(paths)} clips {what}, e.g. {paths[0]}", err=True)
+    click.echo(f"next: edgekit train --data {Path(cfg.out) / 'faces.csv'} --group-column person --binary", err=True)
+
+
 @cli.command()
 @click.argument("model", required=False, type=click.Path())
 @click.option("--runtime", default=None, help="Runtime to try the model with (default: the file's natural one).")

@@ -189,16 +189,16 @@ def preprocess(image: np.ndarray, spec: ModelSpec, source_color: str = "BGR") ->
         raise BadInputError(f"expected an HxW or HxWx3 image, got shape {image.shape}")
     target = "GRAY" if spec.channels == 1 else ("BGR" if spec.color == "BGR" else "RGB")
     baked = spec.dtype == "uint8"  # the graph casts and normalises itself (export --bake-preprocess)
-    image = _convert_color(image, source_color, target)
     height, width = spec.input_size
     if image.shape[:2] != (height, width):
         import cv2  # only needed when sizes differ; keeps spec importable on a bare numpy install
 
-        # INTER_AREA for shrinking avoids aliasing; INTER_LINEAR for enlarging.
+        # Resize before the colour conversion: a channel swap commutes with the per-channel resize, and on a
+        # 640x480 camera frame converting first (a strided copy, or the luma of every pixel) cost more than
+        # the model. INTER_AREA for shrinking avoids aliasing; INTER_LINEAR for enlarging.
         shrink = image.shape[0] > height or image.shape[1] > width
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        if image.ndim == 2:
-            image = image[:, :, None]
+    image = _convert_color(image, source_color, target)
     if baked:
         return np.ascontiguousarray(image if spec.layout == "NHWC" else image.transpose(2, 0, 1))
     mean = np.asarray(spec.mean, np.float32)

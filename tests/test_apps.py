@@ -262,3 +262,44 @@ def test_stream_server_serves_newest_frame_and_status(tmp_path):
             assert stream.read(int(head[2].split(b":")[1])) == b"\xff\xd8second"
     finally:
         server.close()
+
+
+def test_daisee_like_clips_become_face_crops_grouped_by_person(tmp_path):
+    """DataSet/Train/<person>/<clip>/<clip>.avi + AllLabels.csv -> crops per label and a CSV that
+    `edgekit train --group-column person` reads."""
+    import cv2
+
+    from conftest import draw_face
+
+    root = tmp_path / "DataSet" / "Train"
+    levels = {}
+    for p, person in enumerate(("110001", "110002", "110003")):
+        for c in range(2):
+            clip = f"{person}{c:04d}"
+            folder = root / person / clip
+            folder.mkdir(parents=True)
+            writer = cv2.VideoWriter(str(folder / f"{clip}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+            for i in range(20):  # 2 s at 10 FPS
+                writer.write(draw_face(np.full((240, 320, 3), 90, np.uint8), 150 + i, 120, 70))
+            writer.release()
+            levels[clip] = (p + c) % 4
+    (root / "110001" / "1100019999").mkdir()
+    (root / "110001" / "1100019999" / "1100019999.avi").write_bytes(b"not a video")  # unlabelled, skipped
+    labels = tmp_path / "AllLabels.csv"
+    labels.write_text("ClipID,Boredom,Engagement,Confusion,Frustration \n"
+                      + "".join(f"{clip}.avi,0,{level},0,0\n" for clip, level in levels.items()))
+    proc = run_cli("dataset", "faces", str(tmp_path / "DataSet"), "--labels", str(labels), "--out",
+                   str(tmp_path / "crops"), "--fps", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 clips without a label" in proc.stderr
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "crops" / "faces.csv")))
+    assert {r["person"] for r in rows} == {"110001", "110002", "110003"}
+    assert len(rows) > 0.8 * 6 * 4  # 6 clips x 4 sampled frames (2 per second), faces in most
+    for r in rows:
+        assert r["label"] == ("attentive" if levels[r["clip"]] >= 2 else "not_attentive")
+        assert cv2.imread(str(tmp_path / "crops" / r["path"])).shape == (112, 112, 3)
+    bad = run_cli("dataset", "faces", str(tmp_path / "DataSet"), "--labels", str(labels), "--out",
+                  str(tmp_path / "c2"), "--column", "Attention")
+    assert bad.returncode == 2 and "no column 'Attention'" in bad.stderr.strip().splitlines()[-1]
