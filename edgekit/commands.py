@@ -131,7 +131,10 @@ def demo(out: str, epochs: int, threads: int) -> None:
               help="Compare every artifact with the PyTorch model on held-out images before writing it.")
 @click.option("--verify-images", default=1000, show_default=True, help="Held-out images for verification (0 = all).")
 @click.option("--seed", default=0, show_default=True)
-def export(checkpoint: str, formats: tuple[str, ...], **options) -> None:
+@click.option("--bundle", type=click.Choice(["pi"]), default=None,
+              help="pi: a folder for a Raspberry Pi: models/, edgekit's wheel, pinned torch-free requirements, "
+                   "install.sh, run.sh, README.md (--out is the bundle folder; default <checkpoint folder>/pi_bundle).")
+def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, **options) -> None:
     """Export a checkpoint to ONNX (FP32, QDQ INT8) and/or OpenVINO IR (FP32, FP16, INT8).
 
     Every artifact carries the model spec (in the file and in a NAME.edgekit.json sidecar) and is verified
@@ -141,12 +144,22 @@ def export(checkpoint: str, formats: tuple[str, ...], **options) -> None:
     from edgekit.export.core import ExportConfig
     from edgekit.export.core import export as run_export
 
+    if bundle:
+        if "onnx" not in formats:
+            raise BadInputError("--bundle pi needs ONNX models: add --format onnx")
+        bundle_dir = Path(options["out"] or Path(checkpoint).parent / "pi_bundle")
+        options["out"] = str(bundle_dir / "models")
     result = run_export(ExportConfig(checkpoint=checkpoint, formats=tuple(formats), **options))
     if result.verify_table:
         click.echo(result.verify_table)
     for line in result.lines:
         click.echo(line)
-    if result.artifacts:
+    if bundle and result.artifacts:
+        from edgekit.export.bundle import make_pi_bundle
+
+        for line in make_pi_bundle(bundle_dir, [a.path for a in result.artifacts]):
+            click.echo(line)
+    elif result.artifacts:
         click.echo(f"next: edgekit verify {' '.join(str(a.path) for a in result.artifacts)} --reference {checkpoint}")
 
 

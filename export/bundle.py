@@ -1,0 +1,113 @@
+"""`edgekit export --bundle pi`: everything a Raspberry Pi (64-bit OS) needs to run the exported ONNX models
+with onnxruntime and nothing heavier.
+
+    OUT/models/*.onnx (+ .edgekit.json specs)   the exported models
+    OUT/wheels/edgekit-*.whl                   edgekit itself (pure Python, any architecture)
+    OUT/requirements.txt                       the device's packages, pinned to the versions tested here
+    OUT/install.sh, OUT/run.sh, OUT/README.md  install into a venv, run the camera app, what to check
+
+The pins are this machine's versions of the torch-free runtime stack; PyPI has aarch64 wheels of each, and
+``benchmarks/pi_emulated.sh`` installs exactly this file in an emulated aarch64 Debian and runs the models.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from edgekit.errors import BadInputError
+
+DEVICE_PACKAGES = ("onnxruntime", "numpy", "opencv-python-headless", "click", "tqdm")
+
+
+def pinned_requirements() -> list[str]:
+    lines = []
+    for name in DEVICE_PACKAGES:
+        try:
+            lines.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            raise BadInputError(f"--bundle pi pins the versions installed here, and {name} is not installed "
+                                f"(pip install 'edgekit[onnx]')") from None
+    return lines
+
+
+def source_tree() -> Path:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():
+        raise BadInputError("--bundle pi builds edgekit's wheel from its source checkout; this edgekit is installed "
+                            "without one (pip install -e from a clone)")
+    return root
+
+
+def build_wheel(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("edgekit-*.whl"):
+        old.unlink()
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(out), str(source_tree())], capture_output=True, text=True)
+    wheels = list(out.glob("edgekit-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BadInputError(f"building edgekit's wheel failed (needs setuptools and wheel): {last}")
+    return wheels[0]
+
+
+INSTALL = """#!/usr/bin/env bash
+# Install the device environment: a venv with onnxruntime, numpy, OpenCV and edgekit; no torch.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-$HOME/edgekit-venv}
+python3 -m venv "$VENV"
+. "$VENV/bin/activate"
+pip install -r requirements.txt
+pip install --no-deps wheels/edgekit-*.whl
+edgekit doctor models/%(model)s
+"""
+
+RUN = """#!/usr/bin/env bash
+# The camera app on this device: bash run.sh [SOURCE] [more edgekit run options]; watch on http://PI:8080/
+set -euo pipefail
+cd "$(dirname "$0")"
+. "${VENV:-$HOME/edgekit-venv}/bin/activate"
+exec edgekit run --model models/%(model)s --runtime onnxruntime --source "${1:-0}" --serve :8080 "${@:2}"
+"""
+
+README = """# edgekit bundle for a Raspberry Pi (64-bit OS)
+
+Models: %(models)s (labels and preprocessing are in each `.edgekit.json`).
+
+1. Copy this folder to the Pi: `scp -r %(name)s pi@raspberrypi.local:`
+2. On the Pi: `bash %(name)s/install.sh` (a venv in ~/edgekit-venv from `requirements.txt`: onnxruntime,
+   numpy, opencv-python-headless, click, tqdm at the versions tested; aarch64 wheels from PyPI; no torch).
+   It ends with `edgekit doctor`, which checks the OS is 64-bit, the CPU's INT8 support, the camera and
+   that the model loads and runs.
+3. `bash %(name)s/run.sh` (camera 0) or `bash %(name)s/run.sh video.mp4`; open http://raspberrypi.local:8080/.
+4. Compare the precisions on this device: `edgekit bench models/*.onnx`. A Pi 4 (Cortex-A72) has no
+   dot-product instructions, so INT8 may not beat FP32 there; a Pi 5 (Cortex-A76) has them.
+
+Requirements were pinned on %(host)s with Python %(python)s; a Pi with another Python minor version may need
+the nearest versions instead.
+"""
+
+
+def make_pi_bundle(out: Path, models: list[Path]) -> list[str]:
+    """Write the bundle's files around ``out/models``; returns lines to print."""
+    import platform
+
+    onnx = sorted(m for m in models if m.suffix == ".onnx")
+    if not onnx:
+        raise BadInputError("--bundle pi needs ONNX models: add --format onnx")
+    main = next((m for m in onnx if "int8" in m.stem), onnx[0])
+    requirements = pinned_requirements()
+    wheel = build_wheel(out / "wheels")
+    (out / "requirements.txt").write_text("# the device environment (no torch); pinned to the versions tested\n"
+                                          + "\n".join(requirements) + "\n")
+    values = {"model": main.name, "models": ", ".join(f"`models/{m.name}`" for m in onnx), "name": out.name,
+              "host": f"{platform.system()} {platform.machine()}", "python": platform.python_version()}
+    for name, text in (("install.sh", INSTALL), ("run.sh", RUN), ("README.md", README)):
+        (out / name).write_text(text % values)
+        if name.endswith(".sh"):
+            (out / name).chmod(0o755)
+    return [f"bundle: {out}/ (models/, {wheel.relative_to(out)}, requirements.txt, install.sh, run.sh, README.md)",
+            f"next: scp -r {out} pi@raspberrypi.local: && ssh pi@raspberrypi.local bash {out.name}/install.sh"]

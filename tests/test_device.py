@@ -1,0 +1,105 @@
+"""The Raspberry Pi install on this machine: a fresh venv with only `edgekit[onnx]` (no torch, no openvino)
+runs `edgekit run`, `edgekit bench` and `edgekit doctor` on exported ONNX models, and never tries to import
+torch; `edgekit export --bundle pi` writes what such a device needs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+
+# Installed as `torch` in the device venv: any attempt to import torch, in any process, leaves a marker.
+TORCH_TRIPWIRE = """import os
+open(os.environ["EDGEKIT_TORCH_TRIPWIRE"], "a").write("torch import attempted\\n")
+raise ImportError("torch is not part of the device install")
+"""
+
+
+@pytest.fixture(scope="module")
+def device_venv(tmp_path_factory):
+    venv = tmp_path_factory.mktemp("device") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                           f"{REPO}[onnx]"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "torch").mkdir()
+    (site / "torch" / "__init__.py").write_text(TORCH_TRIPWIRE)
+    return venv
+
+
+def device_cli(venv: Path, tripwire: Path, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "EDGEKIT_TORCH_TRIPWIRE": str(tripwire), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    return subprocess.run([str(venv / "bin" / "edgekit"), *args], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tripwire.parent)
+
+
+def test_device_install_has_no_torch_or_openvino(device_venv):
+    names = subprocess.run([str(device_venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
+                           capture_output=True, text=True, check=True).stdout
+    installed = {p["name"].lower() for p in json.loads(names)}
+    assert {"edgekit", "onnxruntime", "numpy", "opencv-python-headless"} <= installed
+    assert not installed & {"torch", "torchvision", "openvino", "nncf", "onnx"}
+
+
+def test_run_bench_and_doctor_on_the_device_install_never_import_torch(device_venv, exported, tmp_path):
+    import cv2
+    import numpy as np
+
+    out, _ = exported
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 20, (96, 64))
+    for i in range(30):
+        image = np.full((64, 96, 3), 30, np.uint8)
+        image[10:50, i:i + 30] = 200
+        writer.write(image)
+    writer.release()
+    tripwire = tmp_path / "torch_imports.txt"
+    run = device_cli(device_venv, tripwire, "run", "--model", str(out / "model_int8.onnx"), "--source", str(clip),
+                     "--out", str(tmp_path / "run"))
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["frames"] == 30 and summary["runtime"]["runtime"] == "onnxruntime"
+    bench = device_cli(device_venv, tripwire, "bench", str(out / "model.onnx"), str(out / "model_int8.onnx"),
+                       "--min-runs", "5", "--min-seconds", "0.1", "--warmup", "1", "--json", str(tmp_path / "b.json"))
+    assert bench.returncode == 0, bench.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["p50_ms"] > 0 for r in rows)
+    doctor = device_cli(device_venv, tripwire, "doctor", str(out / "model_int8.onnx"), "--json",
+                        str(tmp_path / "d.json"))
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    checks = {c["name"]: c for c in json.loads((tmp_path / "d.json").read_text())}
+    assert checks["model"]["status"] == "ok"
+    assert not tripwire.exists(), tripwire.read_text()  # nothing even tried to import torch
+    assert device_cli(device_venv, tripwire, "--help").returncode == 0 and not tripwire.exists()
+    tried = subprocess.run([str(device_venv / "bin" / "python"), "-c", "import torch"], capture_output=True,
+                           text=True, env={"EDGEKIT_TORCH_TRIPWIRE": str(tripwire)})
+    assert tried.returncode != 0 and tripwire.exists()  # the tripwire itself works
+
+
+def test_pi_bundle_holds_models_wheel_pinned_requirements_and_scripts(trained, mini_data, tmp_path):
+    bundle = tmp_path / "bundle"
+    proc = run_cli("export", str(trained["checkpoint"]), "--format", "onnx", "--int8", "--bundle", "pi",
+                   "--out", str(bundle), "--data", str(mini_data), "--calib-size", "64", "--verify-images", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (bundle / "models").iterdir()} == {
+        "model.onnx", "model.onnx.edgekit.json", "model_int8.onnx", "model_int8.onnx.edgekit.json"}
+    assert len(list((bundle / "wheels").glob("edgekit-*-py3-none-any.whl"))) == 1
+    requirements = [line for line in (bundle / "requirements.txt").read_text().splitlines()
+                    if not line.startswith("#")]
+    assert all("==" in line for line in requirements)
+    assert {line.split("==")[0] for line in requirements} >= {"onnxruntime", "numpy", "opencv-python-headless"}
+    assert not any(line.split("==")[0] in ("torch", "openvino") for line in requirements)
+    assert "models/model_int8.onnx" in (bundle / "run.sh").read_text()
+    for script in ("install.sh", "run.sh"):
+        assert subprocess.run(["bash", "-n", str(bundle / script)]).returncode == 0  # valid bash
+    bad = run_cli("export", str(trained["checkpoint"]), "--format", "openvino", "--bundle", "pi", "--out",
+                  str(tmp_path / "b2"))
+    assert bad.returncode == 2 and "--bundle pi needs ONNX models" in bad.stderr.strip().splitlines()[-1]
