@@ -85,11 +85,16 @@ mount --bind /sys "$ROOTFS/sys"
 mount --bind /dev "$ROOTFS/dev"
 mount --bind "$BUNDLE" "$ROOTFS/bundle"
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+# pip inside trusts what this host trusts (a proxy's CA, if any) and uses the same index.
+cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$ROOTFS/etc/ssl/certs/host-ca-bundle.crt"
 
 mkdir -p "$(dirname "$LOG")"
 QEMU_CPU=cortex-a72 chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
+  PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt PIP_INDEX_URL="${PIP_INDEX_URL:-https://pypi.org/simple}" \
   /bin/bash -euo pipefail -c '
 cd /bundle
+echo "# emulated with qemu-user on an x86_64 host: the timings below say nothing about a real Pi; the point is"
+echo "# that the aarch64 wheels install and run, and that the predictions match the host"
 echo "\$ uname -m: $(uname -m)"
 echo "\$ python3: $(python3 --version)"
 grep -m1 "^Model" /proc/cpuinfo

@@ -1,0 +1,115 @@
+"""`edgekit join`: the participant's side of EdgeAttend. Capture, face, attentiveness classifier and smoothing
+all run here; only a small tile (or, in privacy mode, only the label) goes to the server, and the shared
+grid comes back.
+
+The loop never stops for the network: while disconnected it keeps analysing frames and retries the server
+with exponential backoff (0.5 s doubling to 8 s). With no camera it sends a black tile and "not attentive".
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgekit.edge_apps import protocol as p
+from edgekit.edge_apps.apps import Analysis
+from edgekit.edge_apps.meeting import JoinRefused, MeetingClient
+from edgekit.edge_apps.sources import Frame, FrameSource
+from edgekit.errors import BadInputError
+
+log = logging.getLogger("edgekit.join")
+
+
+@dataclass
+class JoinConfig:
+    source: str = "0"
+    fps: float = 10.0  # at most this many tiles per second
+    duration: float = 0.0  # 0 = until Ctrl-C
+    loop: bool = False  # restart a video file at its end (a file standing in for a camera)
+    tile: tuple[int, int] = (240, 180)
+    quality: int = 70
+
+
+def black_frames(fps: float) -> Iterator[Frame]:
+    start, index = time.monotonic(), 0
+    while True:
+        time.sleep(max(0.0, start + index / fps - time.monotonic()))
+        now = time.monotonic()
+        yield Frame(index, np.zeros((180, 240, 3), np.uint8), now, now - start)
+        index += 1
+
+
+def open_source(cfg: JoinConfig) -> FrameSource | None:
+    try:
+        return FrameSource(cfg.source, realtime=True)
+    except BadInputError as exc:
+        log.warning("camera unavailable (%s): sending a black tile, 'not attentive'", exc)
+        return None
+
+
+def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path) -> dict:
+    import cv2
+
+    started = time.monotonic()
+    sent = frames = 0
+    last_tile = 0.0
+    backoff, next_try = 0.5, 0.0
+    source = open_source(cfg)
+    camera = source is not None
+    try:
+        while True:
+            iterator = iter(source) if source is not None else black_frames(cfg.fps)
+            for frame in iterator:
+                now = time.monotonic()
+                if cfg.duration and now - started >= cfg.duration:
+                    return summary(client, frames, sent, camera, started)
+                if not client.connected and now >= next_try:
+                    try:
+                        client.connect()
+                        log.info("joined %s:%d as %s", client.host, client.port, client.welcome.get("name"))
+                        backoff = 0.5
+                    except JoinRefused:
+                        raise
+                    except (OSError, p.ProtocolError) as exc:
+                        log.warning("server %s:%d unreachable (%s); retrying in %.1f s", client.host, client.port,
+                                    exc, backoff)
+                        next_try, backoff = now + backoff, min(8.0, backoff * 2)
+                analysis = app.analyze(frame.image, frame.t) if camera else Analysis("not attentive", 0.0)
+                frames += 1
+                if client.connected and now - last_tile >= 1.0 / cfg.fps:
+                    meta = {"label": analysis.label, "score": round(float(analysis.score), 4), "seq": frames}
+                    if client.privacy:
+                        message = p.encode_json(p.STATUS, meta)
+                    else:
+                        tile = cv2.resize(frame.image, cfg.tile, interpolation=cv2.INTER_AREA)
+                        jpeg = cv2.imencode(".jpg", tile, [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])[1].tobytes()
+                        message = p.encode_tile(meta, jpeg)
+                    if client.send(message):
+                        sent, last_tile = sent + 1, now
+                    else:
+                        log.warning("lost the server (%s); reconnecting", client.error)
+                        next_try = now + backoff
+            if source is None or not cfg.loop:
+                return summary(client, frames, sent, camera, started)
+            source.close()
+            source = open_source(cfg)
+    finally:
+        if client.grid:
+            (out / "grid.jpg").write_bytes(client.grid)
+        if source is not None:
+            source.close()
+        client.close()
+
+
+def summary(client: MeetingClient, frames: int, sent: int, camera: bool, started: float) -> dict:
+    return {"frames": frames, "sent": sent, "grids_received": client.grids, "connects": client.connects,
+            "camera": camera, "seconds": round(time.monotonic() - started, 2), "last_error": client.error}
+
+
+def write_summary(out: Path, result: dict) -> None:
+    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")

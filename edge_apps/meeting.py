@@ -1,0 +1,431 @@
+"""EdgeAttend: many participants run the attentiveness app on their own devices; one server aggregates.
+
+Server (``edgekit serve``): one asyncio event loop for every connection, so a hundred clients cost a
+hundred small coroutines, not threads. Each client has
+
+- a reader coroutine: handshake (join token compared in constant time, name sanitised), then TILE / STATUS /
+  PING messages; the newest tile replaces the previous one (a fast sender cannot queue up work);
+- a writer coroutine fed by a one-slot outbox (the newest grid wins), so a slow client only slows itself.
+
+A composer runs ``fps`` times a second on a worker thread: decodes the newest tiles (an invalid JPEG is
+counted and the previous tile kept), draws the annotated grid for the host (labels, scores, coloured
+borders, a status panel) and the clean grid for participants (names only), and hands them out. The host
+watches the annotated grid at ``http://HOST:HTTP_PORT/`` (MJPEG + status), ``/status.json`` for scripts.
+
+Failures stay local: a malformed, oversized or unauthenticated message closes that one connection with a
+logged reason; a client silent for ``timeout`` seconds (no tile, no ping) is dropped; TCP keep-alive finds
+dead peers the OS knows about.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import secrets
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgekit.edge_apps import protocol as p
+from edgekit.errors import BadInputError
+from edgekit.hardware import peak_rss_mb
+
+log = logging.getLogger("edgekit.meeting")
+TILE_W, TILE_H, PANEL_W = 240, 180, 320
+
+
+@dataclass
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 7700
+    http: str | None = ":8080"  # MJPEG dashboard address; None = off
+    token: str = ""
+    fps: float = 10.0  # grids per second
+    timeout: float = 6.0  # seconds of silence after which a client counts as gone
+    max_message: int = p.MAX_MESSAGE
+    max_clients: int = 64
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    duration: float = 0.0  # stop after this many seconds (0 = until Ctrl-C)
+
+
+@dataclass
+class Participant:
+    id: int
+    name: str
+    address: str
+    privacy: bool
+    writer: asyncio.StreamWriter
+    joined: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    label: str = "waiting"
+    score: float = 0.0
+    jpeg: bytes | None = None  # newest tile, not yet decoded
+    arrived: float | None = None  # when that tile arrived (for frame-to-grid latency)
+    image: np.ndarray | None = None  # the decoded tile shown in the grid
+    tiles: int = 0
+    bad_tiles: int = 0
+    outbox: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=1))
+    recent: deque = field(default_factory=lambda: deque(maxlen=50))  # arrival times, for FPS
+
+    def fps(self, now: float) -> float:
+        times = [t for t in self.recent if now - t <= 5.0]
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+
+
+def offer(queue: asyncio.Queue, item) -> None:
+    """Put into a one-slot queue, replacing what is there (newest wins)."""
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
+
+
+class MeetingServer:
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        self.token = cfg.token or secrets.token_urlsafe(12)
+        self.participants: dict[int, Participant] = {}
+        self._next_id = 1
+        self.latencies: deque = deque(maxlen=20000)  # frame-to-grid seconds
+        self.grids = 0
+        self.rejected = 0  # connections closed for a protocol, auth or size reason
+        self.events: list[dict] = []  # joins and leaves, for the status page and tests
+        self.http = None
+        self.port = cfg.port
+        self._stop: asyncio.Event | None = None
+
+    # ---- connections -------------------------------------------------------------------------------------
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = f"{peer[0]}:{peer[1]}" if peer else "?"
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            import socket
+
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        participant = None
+        sender = None
+        try:
+            participant = await asyncio.wait_for(self._handshake(reader, writer, address), timeout=5.0)
+            sender = asyncio.create_task(self._sender(participant))
+            while True:
+                kind, payload = await asyncio.wait_for(p.read_message(reader, self.cfg.max_message),
+                                                       timeout=self.cfg.timeout)
+                participant.last_seen = time.monotonic()
+                if kind == p.TILE:
+                    meta, jpeg = p.decode_tile(payload)
+                    self._update(participant, meta)
+                    if jpeg and not participant.privacy:
+                        participant.jpeg, participant.arrived = jpeg, time.monotonic()
+                        participant.tiles += 1
+                        participant.recent.append(participant.arrived)
+                elif kind == p.STATUS:
+                    self._update(participant, p.decode_json(payload))
+                    participant.recent.append(time.monotonic())
+                elif kind == p.PING:
+                    offer(participant.outbox, p.encode(p.PONG))
+                elif kind == p.BYE:
+                    log.info("%s (%s) said goodbye", participant.name, address)
+                    break
+                else:
+                    raise p.ProtocolError(f"unexpected {p.NAMES[kind]} from a client")
+        except p.ProtocolError as exc:
+            self.rejected += 1
+            log.warning("closing %s (%s): %s", participant.name if participant else "unauthenticated", address, exc)
+            try:
+                writer.write(p.encode_json(p.ERROR, {"reason": str(exc)}))
+                await asyncio.wait_for(writer.drain(), 1.0)
+            except (OSError, asyncio.TimeoutError):
+                pass  # the peer is already gone; the reason is logged above
+        except asyncio.TimeoutError:
+            log.warning("closing %s (%s): silent for %.0f s", participant.name if participant else "a client that "
+                        "never said HELLO", address, self.cfg.timeout)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            log.info("%s (%s) disconnected: %s", participant.name if participant else "client", address,
+                     type(exc).__name__)
+        finally:
+            if sender is not None:
+                sender.cancel()
+            if participant is not None and self.participants.pop(participant.id, None) is not None:
+                self.events.append({"type": "leave", "name": participant.name, "time": time.time()})
+                log.info("%s left (%d in the meeting)", participant.name, len(self.participants))
+            writer.close()
+
+    async def _handshake(self, reader, writer, address: str) -> Participant:
+        kind, payload = await p.read_message(reader, p.MAX_JSON)
+        if kind != p.HELLO:
+            raise p.ProtocolError(f"expected HELLO, got {p.NAMES[kind]}")
+        hello = p.decode_json(payload)
+        if not hmac.compare_digest(str(hello.get("token", "")).encode(), self.token.encode()):
+            raise p.ProtocolError("wrong join token")
+        if len(self.participants) >= self.cfg.max_clients:
+            raise p.ProtocolError(f"meeting full ({self.cfg.max_clients} participants)")
+        name = p.sanitize_name(hello.get("name", ""))
+        taken = {q.name for q in self.participants.values()}
+        base, n = name, 2
+        while name in taken:
+            name, n = f"{base}-{n}", n + 1
+        participant = Participant(self._next_id, name, address, bool(hello.get("privacy")), writer)
+        self._next_id += 1
+        self.participants[participant.id] = participant
+        self.events.append({"type": "join", "name": name, "time": time.time()})
+        writer.write(p.encode_json(p.WELCOME, {"id": participant.id, "name": name,
+                                               "heartbeat_s": self.cfg.timeout / 3}))
+        await writer.drain()
+        log.info("%s joined from %s%s (%d in the meeting)", name, address, ", privacy mode" if participant.privacy
+                 else "", len(self.participants))
+        return participant
+
+    @staticmethod
+    def _update(participant: Participant, meta: dict) -> None:
+        label, score = meta.get("label"), meta.get("score")
+        if not isinstance(label, str) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+            raise p.ProtocolError("label must be text and score a number in [0, 1]")
+        participant.label, participant.score = label[:32], float(score)
+
+    async def _sender(self, participant: Participant) -> None:
+        while True:
+            message = await participant.outbox.get()
+            participant.writer.write(message)
+            await participant.writer.drain()  # a slow client waits here, alone
+
+    # ---- grids -------------------------------------------------------------------------------------------
+    def _compose(self, people: list[Participant], now: float) -> tuple[bytes, bytes, list[float]]:
+        """On a worker thread: decode new tiles, draw both grids, encode them."""
+        import cv2
+
+        arrived = []
+        for q in people:
+            jpeg, q.jpeg = q.jpeg, None
+            if jpeg is not None:
+                image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                if image is None:
+                    q.bad_tiles += 1
+                else:
+                    q.image = cv2.resize(image, (TILE_W, TILE_H), interpolation=cv2.INTER_AREA)
+                    if q.arrived is not None:
+                        arrived.append(q.arrived)
+        cols = max(1, math.ceil(math.sqrt(len(people))))
+        rows = max(1, math.ceil(len(people) / cols))
+        clean = np.zeros((rows * TILE_H, cols * TILE_W, 3), np.uint8)
+        for i, q in enumerate(people):
+            y, x = divmod(i, cols)
+            tile = clean[y * TILE_H:(y + 1) * TILE_H, x * TILE_W:(x + 1) * TILE_W]
+            if q.image is not None:
+                tile[:] = q.image
+            cv2.putText(tile, q.name, (6, TILE_H - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        annotated = np.zeros((max(rows * TILE_H, 240), cols * TILE_W + PANEL_W, 3), np.uint8)
+        annotated[:rows * TILE_H, :cols * TILE_W] = clean
+        for i, q in enumerate(people):
+            y, x = divmod(i, cols)
+            colour = (128, 128, 128) if q.label == "waiting" else \
+                (0, 200, 0) if q.label == "attentive" else (0, 0, 230)
+            cv2.rectangle(annotated, (x * TILE_W + 1, y * TILE_H + 1), ((x + 1) * TILE_W - 2, (y + 1) * TILE_H - 2),
+                          colour, 3)
+            cv2.putText(annotated, f"{q.label} {q.score:.2f}", (x * TILE_W + 8, y * TILE_H + 22),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour, 2, cv2.LINE_AA)
+        panel_x = cols * TILE_W + 10
+        lines = [f"participants: {len(people)}", time.strftime("%H:%M:%S")] + \
+                [f"{q.name[:14]:<14} {q.label[:13]:<13} {q.score:.2f}" for q in people[:40]]
+        for j, text in enumerate(lines):
+            cv2.putText(annotated, text, (panel_x, 24 + 20 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+        quality = [cv2.IMWRITE_JPEG_QUALITY, 75]
+        return cv2.imencode(".jpg", annotated, quality)[1].tobytes(), cv2.imencode(".jpg", clean, quality)[1].tobytes(), \
+            arrived
+
+    async def _composer(self) -> None:
+        period = 1.0 / self.cfg.fps
+        while True:
+            started = time.monotonic()
+            people = sorted(self.participants.values(), key=lambda q: q.id)
+            annotated, clean, arrived = await asyncio.to_thread(self._compose, people, started)
+            now = time.monotonic()
+            self.latencies.extend(now - t for t in arrived)
+            self.grids += 1
+            if self.http is not None:
+                self.http.publish(annotated, self.status())
+            message = p.encode(p.GRID, clean)
+            for q in people:
+                if q.id in self.participants:
+                    offer(q.outbox, message)
+            for q in list(self.participants.values()):  # silence is also caught by the read timeout
+                if now - q.last_seen > self.cfg.timeout:
+                    q.writer.close()
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        lat = np.asarray(self.latencies) * 1e3 if self.latencies else None
+        return {
+            "count": len(self.participants), "grids": self.grids, "rejected": self.rejected,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "participants": [{"name": q.name, "label": q.label, "score": round(q.score, 3), "privacy": q.privacy,
+                              "tiles": q.tiles, "bad_tiles": q.bad_tiles, "fps": round(q.fps(now), 1),
+                              "last_seen_s": round(now - q.last_seen, 2)}
+                             for q in sorted(self.participants.values(), key=lambda q: q.id)],
+            "latency_ms": None if lat is None else {"p50": float(np.percentile(lat, 50)),
+                                                    "p99": float(np.percentile(lat, 99)), "count": int(lat.size)},
+            "rss_mb": current_rss_mb(), "peak_rss_mb": peak_rss_mb(),
+            "events": self.events[-20:],
+        }
+
+    # ---- running -----------------------------------------------------------------------------------------
+    def _ssl(self) -> ssl.SSLContext | None:
+        if not self.cfg.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise BadInputError(f"cannot load the TLS certificate/key: {exc}") from None
+        return context
+
+    async def serve(self, ready=None) -> None:
+        self._stop = asyncio.Event()
+        try:
+            server = await asyncio.start_server(self.handle, self.cfg.host, self.cfg.port, ssl=self._ssl(),
+                                                limit=self.cfg.max_message + 64)
+        except OSError as exc:
+            raise BadInputError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror}") from None
+        self.port = server.sockets[0].getsockname()[1]
+        if self.cfg.http:
+            from edgekit.edge_apps.stream import MjpegServer
+
+            self.http = MjpegServer(self.cfg.http, title="edgekit meeting")
+        if ready is not None:
+            ready(self)
+        composer = asyncio.create_task(self._composer())
+        try:
+            if self.cfg.duration:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.cfg.duration)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                await self._stop.wait()
+        finally:
+            composer.cancel()
+            server.close()
+            for q in list(self.participants.values()):
+                q.writer.close()
+            if self.http is not None:
+                self.http.close()
+
+
+def current_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+# ---- client ------------------------------------------------------------------------------------------------
+class JoinRefused(BadInputError):
+    """The server said no (wrong token, meeting full): retrying will not help."""
+
+
+class MeetingClient:
+    """A blocking client: ``send_*`` from the app's loop, a thread receives grids and pongs."""
+
+    def __init__(self, server: str, name: str, token: str, privacy: bool = False, tls: bool = False,
+                 tls_ca: str | None = None, max_message: int = p.MAX_MESSAGE):
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            raise BadInputError(f"--server needs HOST:PORT, got {server!r}")
+        self.host, self.port = host, int(port)
+        self.name, self.token, self.privacy = name, token, privacy
+        self.tls, self.tls_ca, self.max_message = tls, tls_ca, max_message
+        self.sock = None
+        self.lock = threading.Lock()
+        self.grid: bytes | None = None
+        self.grids = 0
+        self.welcome: dict = {}
+        self.error: str | None = None
+        self.connects = 0
+        self.last_sent = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    def connect(self) -> None:
+        import socket
+
+        raw = socket.create_connection((self.host, self.port), timeout=5.0)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock = raw
+        if self.tls:
+            context = ssl.create_default_context(cafile=self.tls_ca)
+            sock = context.wrap_socket(raw, server_hostname=self.host)
+        sock.sendall(p.encode_json(p.HELLO, {"token": self.token, "name": self.name, "privacy": self.privacy}))
+        kind, payload = p.recv_message(sock, self.max_message)
+        if kind == p.ERROR:
+            sock.close()
+            raise JoinRefused(f"the server refused to let {self.name!r} join: {p.decode_json(payload).get('reason')}")
+        if kind != p.WELCOME:
+            sock.close()
+            raise p.ProtocolError(f"expected WELCOME, got {p.NAMES[kind]}")
+        self.welcome = p.decode_json(payload)
+        sock.settimeout(None)
+        self.sock = sock
+        self.connects += 1
+        self.last_sent = time.monotonic()
+        threading.Thread(target=self._receive, args=(sock,), name="edgekit-join-recv", daemon=True).start()
+        threading.Thread(target=self._heartbeat, args=(sock, float(self.welcome.get("heartbeat_s", 2.0))),
+                         name="edgekit-join-ping", daemon=True).start()
+
+    def _heartbeat(self, sock, every: float) -> None:
+        """PING when nothing else was sent for a while (a frozen camera must not look like a dead client)."""
+        while self.sock is sock:
+            time.sleep(every / 2)
+            if time.monotonic() - self.last_sent >= every:
+                self.send(p.encode(p.PING))
+
+    def _receive(self, sock) -> None:
+        try:
+            while True:
+                kind, payload = p.recv_message(sock, self.max_message)
+                if kind == p.GRID:
+                    self.grid, self.grids = payload, self.grids + 1
+                elif kind == p.ERROR:
+                    self.error = p.decode_json(payload).get("reason")
+        except (OSError, ConnectionError, p.ProtocolError) as exc:
+            self.error = self.error or f"{type(exc).__name__}: {exc}"
+        self.drop(sock)
+
+    def drop(self, sock=None) -> None:
+        with self.lock:
+            if self.sock is not None and (sock is None or sock is self.sock):
+                try:
+                    self.sock.close()
+                except OSError:
+                    pass
+                self.sock = None
+
+    def send(self, message: bytes) -> bool:
+        with self.lock:
+            sock = self.sock
+            if sock is None:
+                return False
+            try:
+                sock.sendall(message)
+                self.last_sent = time.monotonic()
+                return True
+            except OSError as exc:
+                self.error = f"send failed: {exc}"
+        self.drop(sock)
+        return False
+
+    def close(self) -> None:
+        self.send(p.encode(p.BYE))
+        self.drop()
