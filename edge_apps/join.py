@@ -79,7 +79,7 @@ def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path) -> dict:
                         log.warning("server %s:%d unreachable (%s); retrying in %.1f s", client.host, client.port,
                                     exc, backoff)
                         next_try, backoff = now + backoff, min(8.0, backoff * 2)
-                analysis = app.analyze(frame.image, frame.t) if camera else Analysis("not attentive", 0.0)
+                analysis = app.analyze(frame.image, frame.t)[0] if camera else Analysis("not attentive", 0.0)
                 frames += 1
                 if client.connected and now - last_tile >= 1.0 / cfg.fps:
                     meta = {"label": analysis.label, "score": round(float(analysis.score), 4), "seq": frames}

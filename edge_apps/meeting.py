@@ -218,6 +218,9 @@ class MeetingServer:
             tile = clean[y * TILE_H:(y + 1) * TILE_H, x * TILE_W:(x + 1) * TILE_W]
             if q.image is not None:
                 tile[:] = q.image
+            elif q.privacy:
+                cv2.putText(tile, "labels only", (6, TILE_H // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (160, 160, 160), 1,
+                            cv2.LINE_AA)
             cv2.putText(tile, q.name, (6, TILE_H - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         annotated = np.zeros((max(rows * TILE_H, 240), cols * TILE_W + PANEL_W, 3), np.uint8)
         annotated[:rows * TILE_H, :cols * TILE_W] = clean

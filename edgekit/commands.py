@@ -386,6 +386,110 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
                + (f", {folder / 'annotated.avi'}" if save_video else ""), err=True)
 
 
+def _logging(quiet: bool = False) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+@cli.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface for participants.")
+@click.option("--port", default=7700, show_default=True, help="TCP port for participants (0 = any free port).")
+@click.option("--http", default=":8080", show_default=True, metavar="HOST:PORT",
+              help="Dashboard (annotated grid as MJPEG, status panel, /status.json); 'off' to disable.")
+@click.option("--token", envvar="EDGEKIT_TOKEN", default="",
+              help="Shared join token (or $EDGEKIT_TOKEN); a random one is made and printed when empty.")
+@click.option("--fps", default=10.0, show_default=True, help="Grids per second.")
+@click.option("--timeout", default=6.0, show_default=True, help="Seconds of silence before a participant is dropped.")
+@click.option("--max-clients", default=64, show_default=True)
+@click.option("--max-message-kb", default=2048, show_default=True, help="Largest accepted message (a tile).")
+@click.option("--tls-cert", default=None, type=click.Path(), help="PEM certificate: participants connect with TLS.")
+@click.option("--tls-key", default=None, type=click.Path(), help="PEM private key for --tls-cert.")
+@click.option("--duration", default=0.0, show_default=True, help="Stop after N seconds (0 = until Ctrl-C).")
+@click.option("--json", "json_path", default=None, help="Write the final status here at exit.")
+def serve(host: str, port: int, http: str, token: str, fps: float, timeout: float, max_clients: int,
+          max_message_kb: int, tls_cert: str | None, tls_key: str | None, duration: float,
+          json_path: str | None) -> None:
+    """EdgeAttend server: participants `edgekit join`, the host watches the annotated grid in a browser."""
+    import asyncio
+
+    from edgekit.edge_apps.meeting import MeetingServer, ServerConfig
+
+    if fps <= 0 or timeout <= 0 or max_clients < 1 or max_message_kb < 1:
+        raise BadInputError("--fps and --timeout must be > 0, --max-clients and --max-message-kb >= 1")
+    if bool(tls_cert) != bool(tls_key):
+        raise BadInputError("TLS needs both --tls-cert and --tls-key")
+    _logging()
+    server = MeetingServer(ServerConfig(host=host, port=port, http=None if http == "off" else http, token=token,
+                                        fps=fps, timeout=timeout, max_clients=max_clients,
+                                        max_message=max_message_kb * 1024, tls_cert=tls_cert, tls_key=tls_key,
+                                        duration=duration))
+
+    def ready(s: MeetingServer) -> None:
+        click.echo(f"meeting on {host}:{s.port}{' (TLS)' if tls_cert else ''}"
+                   + (f", dashboard {s.http.url}" if s.http else "")
+                   + ("" if token else f", join token {s.token}"), err=True)
+        click.echo(f"participants: edgekit join --server HOST:{s.port} --name NAME --token TOKEN --model M.onnx",
+                   err=True)
+
+    try:
+        asyncio.run(server.serve(ready))
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    status = server.status()
+    if json_path:
+        Path(json_path).write_text(json.dumps(status, indent=2) + "\n")
+    lat = status["latency_ms"]
+    click.echo(f"{server.grids} grids, {len(server.events)} joins/leaves, {server.rejected} connections refused"
+               + (f", frame-to-grid p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms" if lat else ""))
+
+
+@cli.command()
+@click.option("--server", required=True, metavar="HOST:PORT", help="The `edgekit serve` address.")
+@click.option("--name", required=True, help="Your name on the grid.")
+@click.option("--token", envvar="EDGEKIT_TOKEN", default="", help="The meeting's join token (or $EDGEKIT_TOKEN).")
+@click.option("--model", required=True, type=click.Path(), help="Binary attentiveness model (.onnx, .xml or .pt).")
+@click.option("--runtime", default=None, help="pytorch, onnxruntime or openvino (default: the file's natural one).")
+@click.option("--source", default="0", show_default=True, help="Camera index, video file or URL.")
+@click.option("--loop", is_flag=True, help="Restart a video file at its end (a file standing in for a camera).")
+@click.option("--faces", default="haar", show_default=True, help="Face detector: haar or a cascade .xml.")
+@click.option("--window", default=5, show_default=True, help="Frames averaged per decision.")
+@click.option("--privacy", is_flag=True, help="Send labels only, never video.")
+@click.option("--tls", is_flag=True, help="Connect with TLS.")
+@click.option("--tls-ca", default=None, type=click.Path(), help="CA file that signed the server's certificate.")
+@click.option("--fps", default=10.0, show_default=True, help="Tiles per second at most.")
+@click.option("--duration", default=0.0, show_default=True, help="Leave after N seconds (0 = until Ctrl-C).")
+@click.option("--out", default="runs/join", show_default=True, help="Folder for summary.json and the last grid.jpg.")
+@click.option("--threads", default=2, show_default=True)
+def join(server: str, name: str, token: str, model: str, runtime: str | None, source: str, loop: bool, faces: str,
+         window: int, privacy: bool, tls: bool, tls_ca: str | None, fps: float, duration: float, out: str,
+         threads: int) -> None:
+    """Join an EdgeAttend meeting: attentiveness is computed here; only a tile and the label are sent."""
+    from edgekit.edge_apps import apps
+    from edgekit.edge_apps.faces import load_detector
+    from edgekit.edge_apps.join import JoinConfig, run_join, write_summary
+    from edgekit.edge_apps.meeting import MeetingClient
+    from edgekit.runtimes import RuntimeOptions, load_runtime
+
+    if fps <= 0 or window < 1:
+        raise BadInputError("--fps must be > 0 and --window >= 1")
+    _logging()
+    client = MeetingClient(server, name, token, privacy=privacy, tls=tls, tls_ca=tls_ca)
+    rt = load_runtime(model, runtime, RuntimeOptions(threads=threads))
+    app = apps.AttendApp(rt, apps.Timer(), load_detector(faces), window=window)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run_join(client, app, JoinConfig(source=source, fps=fps, duration=duration, loop=loop), folder)
+    except KeyboardInterrupt:
+        result = {"interrupted": True, "grids_received": client.grids, "connects": client.connects}
+    finally:
+        rt.close()
+    write_summary(folder, result)
+    click.echo(json.dumps(result))
+
+
 @cli.group()
 def dataset() -> None:
     """Prepare training data for the camera apps."""

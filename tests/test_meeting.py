@@ -1,0 +1,265 @@
+"""EdgeAttend with real processes: `edgekit serve`, real `edgekit join` clients on a video, SIGKILL and rejoin,
+hostile connections, and the dashboard in headless Chromium."""
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from browser import Browser
+from edgekit.edge_apps import protocol as p
+
+TOKEN = "test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def meeting(*extra: str):
+    port, http = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--port", str(port), "--http",
+                             f"127.0.0.1:{http}", "--token", TOKEN, "--timeout", "4", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while proc.poll() is None and "meeting on" not in line:
+            line = proc.stderr.readline()
+        assert "meeting on" in line, line
+        yield port, http, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def status(http: int) -> dict:
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http}/status.json", timeout=5).read())
+
+
+def wait_until(predicate, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except OSError:  # the dashboard is not listening yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def jpeg(colour: int) -> bytes:
+    import cv2
+
+    image = np.full((180, 240, 3), colour, np.uint8)
+    cv2.putText(image, str(colour), (60, 100), cv2.FONT_HERSHEY_SIMPLEX, 2, (255, 255, 255), 3)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+class SimClient(threading.Thread):
+    """Speaks the protocol from a socket: tiles at ``fps`` (changing pictures), counts grids."""
+
+    def __init__(self, port: int, name: str, fps: float = 10.0):
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(p.encode_json(p.HELLO, {"token": TOKEN, "name": name}))
+        kind, payload = p.recv_message(self.sock)
+        assert kind == p.WELCOME, payload
+        self.fps, self.grids, self.stop, self.closed = fps, 0, False, False
+        self.frames = [jpeg(c) for c in range(20, 240, 20)]
+        threading.Thread(target=self._receive, daemon=True).start()
+
+    def _receive(self):
+        try:
+            while True:
+                kind, _ = p.recv_message(self.sock)
+                self.grids += kind == p.GRID
+        except (OSError, ConnectionError):
+            self.closed = True
+
+    def run(self):
+        i = 0
+        while not self.stop:
+            self.sock.sendall(p.encode_tile({"label": "attentive", "score": 0.9, "seq": i},
+                                            self.frames[i % len(self.frames)]))
+            i += 1
+            time.sleep(1 / self.fps)
+
+    def send(self, message: bytes):
+        self.sock.sendall(message)
+
+
+def refused(port: int, data: bytes, close: bool = True) -> bytes:
+    """Send raw bytes on a fresh connection; returns what the server answered before closing it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        if close:
+            s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        return answer
+
+
+def kinds_of(answer: bytes) -> list[int]:
+    """The message types in a byte stream the server sent."""
+    kinds, i = [], 0
+    while i + p.HEADER.size <= len(answer):
+        kind, length = p.parse_header(answer[i:i + p.HEADER.size], 1 << 24)
+        kinds.append(kind)
+        i += p.HEADER.size + length
+    return kinds
+
+
+def participants(http: int) -> dict:
+    return {q["name"]: q for q in status(http)["participants"]}
+
+
+def test_protocol_round_trip_and_refusals():
+    meta, data = p.decode_tile(p.encode_tile({"label": "attentive", "score": 0.5}, b"\xff\xd8jpeg")[8:])
+    assert meta == {"label": "attentive", "score": 0.5} and data == b"\xff\xd8jpeg"
+    header = p.encode(p.GRID, b"x" * 10)[:8]
+    assert p.parse_header(header, 100) == (p.GRID, 10)
+    for bad, reason in ((b"XX" + header[2:], "bad magic"), (header[:2] + b"\x07" + header[3:], "version"),
+                        (p.HEADER.pack(p.MAGIC, p.VERSION, 99, 0), "unknown message type"),
+                        (p.HEADER.pack(p.MAGIC, p.VERSION, p.TILE, 2 ** 31), "exceeds the limit"),
+                        (p.HEADER.pack(p.MAGIC, p.VERSION, p.HELLO, 5000), "exceeds the limit")):
+        with pytest.raises(p.ProtocolError, match=reason):
+            p.parse_header(bad, 1 << 20)
+    assert p.sanitize_name("<script>alert(1)</script>" + "x" * 40) == "scriptalert1scriptxxxxxxxxxxxxxx"
+    assert p.sanitize_name("\x00\n") == "guest"
+
+
+def test_real_clients_on_video_sigkill_one_and_it_rejoins(binary_models, faces_video, tmp_path):
+    def join(name):
+        return subprocess.Popen([sys.executable, "-m", "edgekit", "join", "--server", f"127.0.0.1:{port}", "--name",
+                                 name, "--token", TOKEN, "--model", str(binary_models["onnxruntime"]), "--source",
+                                 str(faces_video), "--loop", "--fps", "5", "--threads", "1",
+                                 "--out", str(tmp_path / name)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    with meeting() as (port, http, server):
+        clients = {name: join(name) for name in ("ann", "ben", "cat")}
+        try:
+            wait_until(lambda: set(participants(http)) == {"ann", "ben", "cat"})
+            before = participants(http)
+            clients["ben"].send_signal(signal.SIGKILL)
+            clients["ben"].wait()
+            wait_until(lambda: "ben" not in participants(http), timeout=15)  # the grid shows it leave
+            middle = participants(http)
+            clients["ben"] = join("ben")
+            wait_until(lambda: "ben" in participants(http))
+            after = participants(http)
+            for name in ("ann", "cat"):  # the others' streams never stopped
+                assert before[name]["tiles"] < middle[name]["tiles"] < after[name]["tiles"]
+            events = [(e["type"], e["name"]) for e in status(http)["events"]]
+            assert events.count(("join", "ben")) == 2 and ("leave", "ben") in events
+            assert server.poll() is None
+        finally:
+            for proc in clients.values():
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def test_hostile_connections_are_closed_and_the_others_carry_on(tmp_path):
+    with meeting("--max-message-kb", "256") as (port, http, server):
+        good = SimClient(port, "good")
+        good.start()
+        wait_until(lambda: participants(http).get("good", {}).get("tiles", 0) > 3)
+        # every case sends exactly what the server reads before it gives up, so the close is clean (no RST)
+        answers = {
+            "random bytes": refused(port, b"\x00" + os.urandom(7)),
+            "wrong token": refused(port, p.encode_json(p.HELLO, {"token": "nope", "name": "mallory"})),
+            "huge length prefix": refused(port, p.HEADER.pack(p.MAGIC, p.VERSION, p.HELLO, 2 ** 31 - 1)),
+            "truncated frame": refused(port, p.encode_json(p.HELLO, {"token": TOKEN, "name": "cut"})
+                                       + p.encode(p.TILE, b"x" * 1000)[:300]),
+            "oversized tile": refused(port, p.encode_json(p.HELLO, {"token": TOKEN, "name": "big"})
+                                      + p.HEADER.pack(p.MAGIC, p.VERSION, p.TILE, 300_000)),
+        }
+        assert kinds_of(answers["random bytes"]) == [p.ERROR] and b"bad magic" in answers["random bytes"]
+        assert kinds_of(answers["wrong token"]) == [p.ERROR] and b"wrong join token" in answers["wrong token"]
+        assert kinds_of(answers["huge length prefix"]) == [p.ERROR]
+        # (a grid may go out in the moment these two are members)
+        truncated, oversized = kinds_of(answers["truncated frame"]), kinds_of(answers["oversized tile"])
+        assert truncated[0] == p.WELCOME and p.ERROR not in truncated  # closed at the early end of data
+        assert oversized[0] == p.WELCOME and oversized[-1] == p.ERROR
+        assert b"exceeds the limit" in answers["huge length prefix"] + answers["oversized tile"]
+        # an invalid JPEG from a member: counted, the previous tile stays, the connection stays
+        good.send(p.encode_tile({"label": "attentive", "score": 0.5}, b"\xff\xd8 this is not a jpeg"))
+        wait_until(lambda: participants(http)["good"]["bad_tiles"] >= 1, timeout=10)
+        tiles = participants(http)["good"]["tiles"]
+        wait_until(lambda: participants(http)["good"]["tiles"] > tiles + 5, timeout=10)
+        final = status(http)
+        assert server.poll() is None and not good.closed and good.grids > 0
+        assert final["count"] == 1 and final["rejected"] >= 4  # random, token, huge, oversized (truncated = EOF)
+        good.stop = True
+
+
+def test_dashboard_in_headless_chromium_shows_the_grid_and_the_clients():
+    with meeting() as (port, http, server):
+        clients = [SimClient(port, name) for name in ("dora", "emil")]
+        for c in clients:
+            c.start()
+        wait_until(lambda: len(participants(http)) == 2)
+        with Browser(f"http://127.0.0.1:{http}/") as browser:
+            assert browser.image_width("live") > 0
+            seen = browser.count_frames("live", polls=15)
+        assert seen["distinct"] >= 3, seen  # the grid image keeps updating in the page
+        assert "dora" in seen["text"] and "emil" in seen["text"] and '"count": 2' in seen["text"]
+        for c in clients:
+            c.stop = True
+
+
+def test_privacy_client_sends_labels_only(tmp_path):
+    with meeting() as (port, http, server):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(p.encode_json(p.HELLO, {"token": TOKEN, "name": "quiet", "privacy": True}))
+            assert p.recv_message(s)[0] == p.WELCOME
+            for _ in range(5):
+                s.sendall(p.encode_json(p.STATUS, {"label": "attentive", "score": 0.8}))
+                time.sleep(0.1)
+            me = wait_until(lambda: participants(http).get("quiet"))
+            assert me["privacy"] and me["label"] == "attentive" and me["tiles"] == 0
+            kind, grid = p.recv_message(s)
+            while kind != p.GRID:
+                kind, grid = p.recv_message(s)
+            assert grid[:2] == b"\xff\xd8"  # participants get the clean grid back
+            s.sendall(p.encode_json(p.STATUS, {"label": "x", "score": 7}))  # score out of range: closed
+            assert p.recv_message(s)[0] == p.ERROR
+
+
+def test_join_without_server_or_camera_keeps_working(binary_models, tmp_path):
+    """No camera -> black tile; server down at first -> retries with backoff, joins when it appears."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "join", "--server", f"127.0.0.1:{port}", "--name",
+                             "late", "--token", TOKEN, "--model", str(binary_models["onnxruntime"]), "--source",
+                             "/dev/video99", "--duration", "12", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    http = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--port", str(port), "--http",
+                               f"127.0.0.1:{http}", "--token", TOKEN], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        me = wait_until(lambda: participants(http).get("late") if server.poll() is None else None, timeout=30)
+        assert me["label"] == "not attentive" and me["score"] == 0.0
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert proc.returncode == 0, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["camera"] is False and result["connects"] == 1 and result["grids_received"] > 0
+    assert "camera unavailable" in stderr and "retrying" in stderr
