@@ -252,7 +252,7 @@ class MeetingServer:
             self.latencies.extend(now - t for t in arrived)
             self.grids += 1
             if self.http is not None:
-                self.http.publish(annotated, self.status())
+                self.http.publish(annotated)
             message = p.encode(p.GRID, clean)
             for q in people:
                 if q.id in self.participants:
@@ -271,11 +271,11 @@ class MeetingServer:
             "participants": [{"name": q.name, "label": q.label, "score": round(q.score, 3), "privacy": q.privacy,
                               "tiles": q.tiles, "bad_tiles": q.bad_tiles, "fps": round(q.fps(now), 1),
                               "last_seen_s": round(now - q.last_seen, 2)}
-                             for q in sorted(self.participants.values(), key=lambda q: q.id)],
+                             for q in sorted(list(self.participants.values()), key=lambda q: q.id)],
             "latency_ms": None if lat is None else {"p50": float(np.percentile(lat, 50)),
                                                     "p99": float(np.percentile(lat, 99)), "count": int(lat.size)},
             "rss_mb": current_rss_mb(), "peak_rss_mb": peak_rss_mb(),
-            "events": self.events[-20:],
+            "events": list(self.events[-20:]),
         }
 
     # ---- running -----------------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ class MeetingServer:
         if self.cfg.http:
             from edgekit.edge_apps.stream import MjpegServer
 
-            self.http = MjpegServer(self.cfg.http, title="edgekit meeting")
+            self.http = MjpegServer(self.cfg.http, title="edgekit meeting", status_source=self.status)
         if ready is not None:
             ready(self)
         composer = asyncio.create_task(self._composer())

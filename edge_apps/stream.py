@@ -43,9 +43,10 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 class MjpegServer:
-    def __init__(self, address: str, title: str = "edgekit"):
+    def __init__(self, address: str, title: str = "edgekit", status_source=None):
         host, port = parse_address(address)
         self.title = title
+        self.status_source = status_source  # a callable giving /status.json live, instead of the published dict
         self._frame: bytes | None = None
         self._seq = 0
         self._status: dict = {}
@@ -85,8 +86,10 @@ class MjpegServer:
             self.frames_sent += frames_sent
 
     def status(self) -> dict:
+        live = self.status_source() if self.status_source is not None else None
         with self._cond:
-            return {**self._status, "viewers": self.viewers, "frames_sent": self.frames_sent}
+            return {**(live if live is not None else self._status), "viewers": self.viewers,
+                    "frames_sent": self.frames_sent}
 
     def close(self) -> None:
         with self._cond:

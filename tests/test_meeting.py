@@ -148,7 +148,8 @@ def test_real_clients_on_video_sigkill_one_and_it_rejoins(binary_models, faces_v
         return subprocess.Popen([sys.executable, "-m", "edgekit", "join", "--server", f"127.0.0.1:{port}", "--name",
                                  name, "--token", TOKEN, "--model", str(binary_models["onnxruntime"]), "--source",
                                  str(faces_video), "--loop", "--fps", "5", "--threads", "1",
-                                 "--out", str(tmp_path / name)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                 "--out", str(tmp_path / name)], stdout=subprocess.DEVNULL,
+                                stderr=open(tmp_path / f"{name}.log", "a"))
 
     with meeting() as (port, http, server):
         clients = {name: join(name) for name in ("ann", "ben", "cat")}
@@ -158,12 +159,13 @@ def test_real_clients_on_video_sigkill_one_and_it_rejoins(binary_models, faces_v
             clients["ben"].send_signal(signal.SIGKILL)
             clients["ben"].wait()
             wait_until(lambda: "ben" not in participants(http), timeout=15)  # the grid shows it leave
+            for name in ("ann", "cat"):  # the others' streams go on meanwhile
+                wait_until(lambda: participants(http)[name]["tiles"] >= before[name]["tiles"] + 5, timeout=20)
             middle = participants(http)
             clients["ben"] = join("ben")
-            wait_until(lambda: "ben" in participants(http))
-            after = participants(http)
-            for name in ("ann", "cat"):  # the others' streams never stopped
-                assert before[name]["tiles"] < middle[name]["tiles"] < after[name]["tiles"]
+            wait_until(lambda: "ben" in participants(http))  # ... and rejoin
+            for name in ("ann", "cat"):
+                wait_until(lambda: participants(http)[name]["tiles"] >= middle[name]["tiles"] + 5, timeout=20)
             events = [(e["type"], e["name"]) for e in status(http)["events"]]
             assert events.count(("join", "ben")) == 2 and ("leave", "ben") in events
             assert server.poll() is None
@@ -237,7 +239,11 @@ def test_privacy_client_sends_labels_only(tmp_path):
                 kind, grid = p.recv_message(s)
             assert grid[:2] == b"\xff\xd8"  # participants get the clean grid back
             s.sendall(p.encode_json(p.STATUS, {"label": "x", "score": 7}))  # score out of range: closed
-            assert p.recv_message(s)[0] == p.ERROR
+            kinds = []
+            with pytest.raises(ConnectionError):
+                while len(kinds) < 100:
+                    kinds.append(p.recv_message(s)[0])
+            assert kinds[-1] == p.ERROR and set(kinds[:-1]) <= {p.GRID}
 
 
 def test_join_without_server_or_camera_keeps_working(binary_models, tmp_path):
