@@ -94,7 +94,8 @@ class MeetingServer:
         self.latencies: deque = deque(maxlen=20000)  # frame-to-grid seconds
         self.grids = 0
         self.rejected = 0  # connections closed for a protocol, auth or size reason
-        self.events: list[dict] = []  # joins and leaves, for the status page and tests
+        self.events: deque = deque(maxlen=1000)  # recent joins and leaves, for the status page and tests
+        self.joins_and_leaves = 0
         self.http = None
         self.port = cfg.port
         self._stop: asyncio.Event | None = None
@@ -153,6 +154,7 @@ class MeetingServer:
                 sender.cancel()
             if participant is not None and self.participants.pop(participant.id, None) is not None:
                 self.events.append({"type": "leave", "name": participant.name, "time": time.time()})
+                self.joins_and_leaves += 1
                 log.info("%s left (%d in the meeting)", participant.name, len(self.participants))
             writer.close()
 
@@ -174,6 +176,7 @@ class MeetingServer:
         self._next_id += 1
         self.participants[participant.id] = participant
         self.events.append({"type": "join", "name": name, "time": time.time()})
+        self.joins_and_leaves += 1
         writer.write(p.encode_json(p.WELCOME, {"id": participant.id, "name": name,
                                                "heartbeat_s": self.cfg.timeout / 3}))
         await writer.drain()
@@ -275,7 +278,7 @@ class MeetingServer:
             "latency_ms": None if lat is None else {"p50": float(np.percentile(lat, 50)),
                                                     "p99": float(np.percentile(lat, 99)), "count": int(lat.size)},
             "rss_mb": current_rss_mb(), "peak_rss_mb": peak_rss_mb(),
-            "events": list(self.events[-20:]),
+            "events": list(self.events)[-20:],
         }
 
     # ---- running -----------------------------------------------------------------------------------------

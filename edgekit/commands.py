@@ -441,7 +441,7 @@ def serve(host: str, port: int, http: str, token: str, fps: float, timeout: floa
     if json_path:
         Path(json_path).write_text(json.dumps(status, indent=2) + "\n")
     lat = status["latency_ms"]
-    click.echo(f"{server.grids} grids, {len(server.events)} joins/leaves, {server.rejected} connections refused"
+    click.echo(f"{server.grids} grids, {server.joins_and_leaves} joins/leaves, {server.rejected} connections refused"
                + (f", frame-to-grid p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms" if lat else ""))
 
 

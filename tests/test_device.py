@@ -84,6 +84,35 @@ def test_run_bench_and_doctor_on_the_device_install_never_import_torch(device_ve
     assert tried.returncode != 0 and tripwire.exists()  # the tripwire itself works
 
 
+def test_join_from_the_device_install(device_venv, binary_models, tmp_path):
+    """`edgekit join` (attend app, ONNX Runtime) from the torch-free venv to a real `edgekit serve`."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--port", str(port), "--http", "off",
+                               "--token", "t0k", "--duration", "60"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while server.poll() is None and "meeting on" not in line:
+            line = server.stderr.readline()
+        tripwire = tmp_path / "torch_imports.txt"
+        started = time.monotonic()
+        proc = device_cli(device_venv, tripwire, "join", "--server", f"127.0.0.1:{port}", "--name", "pi",
+                          "--token", "t0k", "--model", str(binary_models["onnxruntime"]), "--source", "/dev/video99",
+                          "--duration", "4", "--out", str(tmp_path / "join"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "join" / "summary.json").read_text())
+    assert result["connects"] == 1 and result["sent"] > 0 and result["grids_received"] > 0
+    assert time.monotonic() - started < 60 and not tripwire.exists()
+
+
 def test_pi_bundle_holds_models_wheel_pinned_requirements_and_scripts(trained, mini_data, tmp_path):
     bundle = tmp_path / "bundle"
     proc = run_cli("export", str(trained["checkpoint"]), "--format", "onnx", "--int8", "--bundle", "pi",

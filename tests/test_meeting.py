@@ -269,3 +269,25 @@ def test_join_without_server_or_camera_keeps_working(binary_models, tmp_path):
     result = json.loads(stdout.strip().splitlines()[-1])
     assert result["camera"] is False and result["connects"] == 1 and result["grids_received"] > 0
     assert "camera unavailable" in stderr and "retrying" in stderr
+
+
+def test_tls_meeting_and_a_plain_client_is_refused(tmp_path):
+    """--tls-cert/--tls-key on the server, --tls --tls-ca on the client (a self-signed certificate)."""
+    from edgekit.edge_apps.meeting import MeetingClient
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with meeting("--tls-cert", str(cert), "--tls-key", str(key)) as (port, http, server):
+        client = MeetingClient(f"127.0.0.1:{port}", "secure", TOKEN, tls=True, tls_ca=str(cert))
+        client.connect()
+        assert client.send(p.encode_tile({"label": "attentive", "score": 0.7}, jpeg(90)))
+        me = wait_until(lambda: participants(http).get("secure"))
+        assert me["label"] == "attentive"
+        wait_until(lambda: client.grids > 0, timeout=10)
+        client.close()
+        plain = MeetingClient(f"127.0.0.1:{port}", "plain", TOKEN)
+        with pytest.raises((p.ProtocolError, OSError)):
+            plain.connect()  # TLS server, plain client: the handshake fails, nobody joins
+        assert "plain" not in participants(http) and server.poll() is None

@@ -2,12 +2,13 @@
 # Debian packages edgekit's tests and benchmarks use, installed only when missing:
 #   chromium     the headless browser the MJPEG-stream and dashboard tests drive
 #   opencv-doc   /usr/share/doc/opencv-doc/examples/data/Megamind.avi, the real face video of the app tests
+#   openssl      makes the self-signed certificate of the meeting TLS test
 # With --benchmarks also:
 #   dataset-fashion-mnist   the real Fashion-MNIST the accuracy benchmarks train on
 #   qemu-user-static, debootstrap   the emulated aarch64 (Raspberry Pi) run, benchmarks/pi_emulated.sh
 # Runs apt-get as root, or through sudo when there is one. Other distributions: install the equivalents.
 set -euo pipefail
-packages=(chromium opencv-doc)
+packages=(chromium opencv-doc openssl)
 [[ "${1:-}" == "--benchmarks" ]] && packages+=(dataset-fashion-mnist qemu-user-static debootstrap)
 missing=()
 for p in "${packages[@]}"; do
