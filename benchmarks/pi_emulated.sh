@@ -53,25 +53,10 @@ done
 
 # 5. Into the chroot: ARM /proc/cpuinfo (onnxruntime reads it; qemu 7.2 passes the host's x86 one through).
 mkdir -p "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev" "$ROOTFS/tmp" "$ROOTFS/bundle"
-cat > "$ROOTFS/tmp/cpuinfo" <<'EOF'
-processor	: 0
-BogoMIPS	: 108.00
-Features	: fp asimd evtstrm crc32 cpuid
-CPU implementer	: 0x41
-CPU architecture: 8
-CPU variant	: 0x0
-CPU part	: 0xd08
-CPU revision	: 3
-
-processor	: 1
-BogoMIPS	: 108.00
-Features	: fp asimd evtstrm crc32 cpuid
-CPU implementer	: 0x41
-CPU architecture: 8
-CPU variant	: 0x0
-CPU part	: 0xd08
-CPU revision	: 3
-
+for core in 0 1; do  # two Cortex-A72 cores (part 0xd08), the Pi 4's feature flags: no asimddp
+  printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n' $core
+done > "$ROOTFS/tmp/cpuinfo"
+cat >> "$ROOTFS/tmp/cpuinfo" <<'EOF'
 Hardware	: BCM2835
 Model		: Raspberry Pi 4 Model B (emulated: qemu-user, QEMU_CPU=cortex-a72)
 EOF

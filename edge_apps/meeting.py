@@ -33,7 +33,7 @@ import numpy as np
 
 from edgekit.edge_apps import protocol as p
 from edgekit.errors import BadInputError
-from edgekit.hardware import peak_rss_mb
+from edgekit.hardware import current_rss_mb, peak_rss_mb
 
 log = logging.getLogger("edgekit.meeting")
 TILE_W, TILE_H, PANEL_W = 240, 180, 320
@@ -324,17 +324,6 @@ class MeetingServer:
                 self.http.close()
 
 
-def current_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 # ---- client ------------------------------------------------------------------------------------------------
 class JoinRefused(BadInputError):
     """The server said no (wrong token, meeting full): retrying will not help."""
@@ -398,6 +387,9 @@ class MeetingClient:
                 self.send(p.encode(p.PING))
 
     def _receive(self, sock) -> None:
+        """Reads until the connection ends, then closes the socket. Only this thread closes it: closing it
+        from another thread while a read is in flight would let that read land on whatever socket reuses the
+        file descriptor next (OpenSSL keeps the raw descriptor), which a test caught."""
         try:
             while True:
                 kind, payload = p.recv_message(sock, self.max_message)
@@ -407,15 +399,20 @@ class MeetingClient:
                     self.error = p.decode_json(payload).get("reason")
         except (OSError, ConnectionError, p.ProtocolError) as exc:
             self.error = self.error or f"{type(exc).__name__}: {exc}"
-        self.drop(sock)
+        finally:
+            self.drop(sock)
+            sock.close()
 
     def drop(self, sock=None) -> None:
+        """Mark the connection gone and shut it down; the receive thread then wakes up and closes it."""
+        import socket
+
         with self.lock:
             if self.sock is not None and (sock is None or sock is self.sock):
                 try:
-                    self.sock.close()
+                    self.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
-                    pass
+                    pass  # already reset by the peer
                 self.sock = None
 
     def send(self, message: bytes) -> bool:

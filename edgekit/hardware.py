@@ -35,15 +35,28 @@ def has_int8_dot_product() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}) or is_arm()
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process. Linux: VmHWM, which starts afresh at exec; ru_maxrss would
-    be at least the *parent's* peak, because Linux carries it across fork + exec."""
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (Linux) in MB, or None where there is none."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def current_rss_mb() -> float | None:
+    """Resident memory of this process now (Linux VmRSS; None elsewhere)."""
+    return _proc_status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process. Linux: VmHWM, which starts afresh at exec; ru_maxrss would
+    be at least the *parent's* peak, because Linux carries it across fork + exec."""
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     # macOS and others: ru_maxrss (bytes on macOS, KiB elsewhere).
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)

@@ -157,3 +157,19 @@ def binary_models(tmp_path_factory) -> dict:
     export(ExportConfig(checkpoint=str(result["checkpoint"]), formats=("onnx", "openvino"), verify_images=16))
     model = Path(result["checkpoint"])
     return {"pytorch": model, "onnxruntime": model.with_suffix(".onnx"), "openvino": model.with_suffix(".xml")}
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory):
+    """A 40-frame MJPG clip: a bright block moving over a dark noisy background."""
+    import cv2
+
+    path = tmp_path_factory.mktemp("clip") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20, (96, 64))
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        image = rng.integers(0, 40, (64, 96, 3), dtype=np.uint8)
+        image[16:48, i:i + 32] = 210
+        writer.write(image)
+    writer.release()
+    return path

@@ -37,22 +37,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    """A 40-frame MJPG clip, 96x64, and its raw bytes."""
-    import cv2
-
-    path = tmp_path_factory.mktemp("clip") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20, (96, 64))
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        image = rng.integers(0, 40, (64, 96, 3), dtype=np.uint8)
-        image[16:48, i:i + 32] = 210
-        writer.write(image)
-    writer.release()
-    return path
-
-
 @pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime", "openvino"])
 def test_attend_finds_faces_on_a_real_video_with_each_runtime(binary_models, faces_video, runtime, tmp_path):
     proc = run_cli("run", "--app", "attend", "--model", str(binary_models[runtime]), "--runtime", runtime,

@@ -10,22 +10,6 @@ from conftest import run_cli, run_cli_without
 from edgekit.edge_apps.smoothing import Smoother, probabilities
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    """A 40-frame MJPG clip: a bright block moving over a dark noisy background."""
-    import cv2
-
-    path = tmp_path_factory.mktemp("clip") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20, (96, 64))
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        image = rng.integers(0, 40, (64, 96, 3), dtype=np.uint8)
-        image[16:48, i:i + 32] = 210
-        writer.write(image)
-    writer.release()
-    return path
-
-
 def test_run_writes_events_video_and_summary(exported, clip, tmp_path):
     import cv2
 
