@@ -51,6 +51,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     Start with:   edgekit demo
     Train:        edgekit train --data DIR_OR_CSV --model mobilenet_v2
     Quantize:     edgekit quantize runs/train/model.pt --data DIR_OR_CSV
+    Export:       edgekit export runs/train/model.pt --format onnx --int8 [--bundle pi]
+    Compare:      edgekit bench model.onnx model_int8.onnx
+    Camera:       edgekit run --model model_int8.onnx --source 0 --serve :8080
+    Meeting:      edgekit serve  /  edgekit join --server HOST:7700 --name NAME --model M.onnx
     """
     ctx.obj = {"verbose": verbose}
     _setup_logging(verbose)

@@ -386,13 +386,6 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
                + (f", {folder / 'annotated.avi'}" if save_video else ""), err=True)
 
 
-def _logging(quiet: bool = False) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S")
-
-
 @cli.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="Interface for participants.")
 @click.option("--port", default=7700, show_default=True, help="TCP port for participants (0 = any free port).")
@@ -420,7 +413,6 @@ def serve(host: str, port: int, http: str, token: str, fps: float, timeout: floa
         raise BadInputError("--fps and --timeout must be > 0, --max-clients and --max-message-kb >= 1")
     if bool(tls_cert) != bool(tls_key):
         raise BadInputError("TLS needs both --tls-cert and --tls-key")
-    _logging()
     server = MeetingServer(ServerConfig(host=host, port=port, http=None if http == "off" else http, token=token,
                                         fps=fps, timeout=timeout, max_clients=max_clients,
                                         max_message=max_message_kb * 1024, tls_cert=tls_cert, tls_key=tls_key,
@@ -474,7 +466,6 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
 
     if fps <= 0 or window < 1:
         raise BadInputError("--fps must be > 0 and --window >= 1")
-    _logging()
     client = MeetingClient(server, name, token, privacy=privacy, tls=tls, tls_ca=tls_ca)
     rt = load_runtime(model, runtime, RuntimeOptions(threads=threads))
     app = apps.AttendApp(rt, apps.Timer(), load_detector(faces), window=window)
