@@ -206,7 +206,9 @@ class MeetingServer:
         for q in people:
             jpeg, q.jpeg = q.jpeg, None
             if jpeg is not None:
-                image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                size = p.jpeg_size(jpeg)
+                fits = size is not None and 0 < size[0] * size[1] <= p.MAX_TILE_PIXELS
+                image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) if fits else None
                 if image is None:
                     q.bad_tiles += 1
                 else:

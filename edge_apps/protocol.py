@@ -99,6 +99,29 @@ def recv_message(sock, max_size: int = MAX_MESSAGE) -> tuple[int, bytes]:
     return kind, recv_exactly(sock, length) if length else b""
 
 
+MAX_TILE_PIXELS = 1920 * 1080  # a tile's JPEG may not decode to more than this (a tiny file can claim 65535^2)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, without decoding it; None if there is no valid header."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: precision, height, width
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
 def sanitize_name(name: object, limit: int = 32) -> str:
     """Printable letters, digits and ' ._-' only, at most ``limit`` characters; never empty."""
     text = "".join(c for c in str(name) if c.isalnum() or c in " ._-").strip()[:limit]

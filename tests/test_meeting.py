@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -77,7 +78,8 @@ class SimClient(threading.Thread):
         self.sock.sendall(p.encode_json(p.HELLO, {"token": TOKEN, "name": name}))
         kind, payload = p.recv_message(self.sock)
         assert kind == p.WELCOME, payload
-        self.fps, self.grids, self.stop, self.closed = fps, 0, False, False
+        self.fps, self.grids, self.stop, self.closed, self.paused = fps, 0, False, False, False
+        self.lock = threading.Lock()  # one writer at a time on the socket
         self.frames = [jpeg(c) for c in range(20, 240, 20)]
         threading.Thread(target=self._receive, daemon=True).start()
 
@@ -92,13 +94,16 @@ class SimClient(threading.Thread):
     def run(self):
         i = 0
         while not self.stop:
-            self.sock.sendall(p.encode_tile({"label": "attentive", "score": 0.9, "seq": i},
-                                            self.frames[i % len(self.frames)]))
+            if self.paused:  # the server keeps only the newest tile: pause so that a test's own tile is seen
+                time.sleep(0.05)
+                continue
+            self.send(p.encode_tile({"label": "attentive", "score": 0.9, "seq": i}, self.frames[i % len(self.frames)]))
             i += 1
             time.sleep(1 / self.fps)
 
     def send(self, message: bytes):
-        self.sock.sendall(message)
+        with self.lock:
+            self.sock.sendall(message)
 
 
 def refused(port: int, data: bytes, close: bool = True) -> bytes:
@@ -197,9 +202,18 @@ def test_hostile_connections_are_closed_and_the_others_carry_on(tmp_path):
         assert truncated[0] == p.WELCOME and p.ERROR not in truncated  # closed at the early end of data
         assert oversized[0] == p.WELCOME and oversized[-1] == p.ERROR
         assert b"exceeds the limit" in answers["huge length prefix"] + answers["oversized tile"]
-        # an invalid JPEG from a member: counted, the previous tile stays, the connection stays
-        good.send(p.encode_tile({"label": "attentive", "score": 0.5}, b"\xff\xd8 this is not a jpeg"))
-        wait_until(lambda: participants(http)["good"]["bad_tiles"] >= 1, timeout=10)
+        # an invalid JPEG, and a valid one whose header claims 30000x30000 pixels (a few KB that would decode
+        # to 2.7 GB): counted, not decoded, the previous tile stays, the connection stays
+        bomb = bytearray(jpeg(50))
+        assert p.jpeg_size(bytes(bomb)) == (240, 180)
+        sof = next(i for i in range(2, len(bomb)) if bomb[i] == 0xFF and bomb[i + 1] == 0xC0)
+        bomb[sof + 5:sof + 9] = struct.pack(">HH", 30000, 30000)
+        assert p.jpeg_size(bytes(bomb)) == (30000, 30000)
+        good.paused = True
+        for n, tile in enumerate((b"\xff\xd8 this is not a jpeg", bytes(bomb)), start=1):
+            good.send(p.encode_tile({"label": "attentive", "score": 0.5}, tile))
+            wait_until(lambda: participants(http)["good"]["bad_tiles"] >= n, timeout=3)
+        good.paused = False
         tiles = participants(http)["good"]["tiles"]
         wait_until(lambda: participants(http)["good"]["tiles"] > tiles + 5, timeout=10)
         final = status(http)
