@@ -52,9 +52,28 @@ def open_source(cfg: JoinConfig) -> FrameSource | None:
         return None
 
 
-def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path) -> dict:
+def show_grid(client: MeetingClient, viewers: list, shown: int) -> int:
+    """Hand a newly received grid to the viewers (an MjpegServer and/or a WindowSink); returns its number."""
     import cv2
 
+    if client.grids == shown or client.grid is None:
+        return shown
+    grid = client.grid
+    for viewer in viewers:
+        if hasattr(viewer, "publish"):
+            viewer.publish(grid, {"grids": client.grids, "connected": client.connected})
+        else:
+            image = cv2.imdecode(np.frombuffer(grid, np.uint8), cv2.IMREAD_COLOR)
+            if image is not None:
+                viewer.write(image)
+    return client.grids
+
+
+def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path, viewers: list | None = None) -> dict:
+    import cv2
+
+    viewers = viewers or []
+    shown = 0
     started = time.monotonic()
     sent = frames = 0
     last_tile = 0.0
@@ -81,6 +100,7 @@ def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path) -> dict:
                         next_try, backoff = now + backoff, min(8.0, backoff * 2)
                 analysis = app.analyze(frame.image, frame.t)[0] if camera else Analysis("not attentive", 0.0)
                 frames += 1
+                shown = show_grid(client, viewers, shown)
                 if client.connected and now - last_tile >= 1.0 / cfg.fps:
                     meta = {"label": analysis.label, "score": round(float(analysis.score), 4), "seq": frames}
                     if client.privacy:

@@ -453,10 +453,12 @@ def serve(host: str, port: int, http: str, token: str, fps: float, timeout: floa
 @click.option("--fps", default=10.0, show_default=True, help="Tiles per second at most.")
 @click.option("--duration", default=0.0, show_default=True, help="Leave after N seconds (0 = until Ctrl-C).")
 @click.option("--out", default="runs/join", show_default=True, help="Folder for summary.json and the last grid.jpg.")
+@click.option("--serve", default=None, metavar="HOST:PORT", help="Show the shared grid as MJPEG on this address.")
+@click.option("--show", is_flag=True, help="Show the shared grid in a window (needs a display and OpenCV with GUI).")
 @click.option("--threads", default=2, show_default=True)
 def join(server: str, name: str, token: str, model: str, runtime: str | None, source: str, loop: bool, faces: str,
          window: int, privacy: bool, tls: bool, tls_ca: str | None, fps: float, duration: float, out: str,
-         threads: int) -> None:
+         serve: str | None, show: bool, threads: int) -> None:
     """Join an EdgeAttend meeting: attentiveness is computed here; only a tile and the label are sent."""
     from edgekit.edge_apps import apps
     from edgekit.edge_apps.faces import load_detector
@@ -471,12 +473,25 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
     app = apps.AttendApp(rt, apps.Timer(), load_detector(faces), window=window)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    viewers = []
+    if show:
+        from edgekit.edge_apps.pipeline import WindowSink
+
+        viewers.append(WindowSink(f"edgekit meeting: {name}"))
+    if serve:
+        from edgekit.edge_apps.stream import MjpegServer
+
+        viewers.append(MjpegServer(serve, title=f"edgekit meeting: {name}"))
+        click.echo(f"shared grid on {viewers[-1].url}", err=True)
     try:
-        result = run_join(client, app, JoinConfig(source=source, fps=fps, duration=duration, loop=loop), folder)
+        result = run_join(client, app, JoinConfig(source=source, fps=fps, duration=duration, loop=loop), folder,
+                          viewers)
     except KeyboardInterrupt:
         result = {"interrupted": True, "grids_received": client.grids, "connects": client.connects}
     finally:
         rt.close()
+        for viewer in viewers:
+            viewer.close()
     write_summary(folder, result)
     click.echo(json.dumps(result))
 

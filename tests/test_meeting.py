@@ -260,11 +260,13 @@ def test_privacy_client_sends_labels_only(tmp_path):
 
 
 def test_join_without_server_or_camera_keeps_working(binary_models, tmp_path):
-    """No camera -> black tile; server down at first -> retries with backoff, joins when it appears."""
-    port = free_port()
+    """No camera -> black tile; server down at first -> retries with backoff, joins when it appears; the
+    shared grid it receives is shown on its own MJPEG address."""
+    port, view = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "join", "--server", f"127.0.0.1:{port}", "--name",
                              "late", "--token", TOKEN, "--model", str(binary_models["onnxruntime"]), "--source",
-                             "/dev/video99", "--duration", "12", "--out", str(tmp_path)],
+                             "/dev/video99", "--duration", "12", "--serve", f"127.0.0.1:{view}", "--out",
+                             str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(3)
     http = free_port()
@@ -274,6 +276,9 @@ def test_join_without_server_or_camera_keeps_working(binary_models, tmp_path):
     try:
         me = wait_until(lambda: participants(http).get("late") if server.poll() is None else None, timeout=30)
         assert me["label"] == "not attentive" and me["score"] == 0.0
+        grid = wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{view}/frame.jpg", timeout=5).read(),
+                          timeout=10)
+        assert grid[:2] == b"\xff\xd8"
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         server.terminate()
