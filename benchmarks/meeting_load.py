@@ -24,8 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.edge_apps import protocol as p
+from edgekit.hardware import current_rss_mb
 
 MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiles(count: int = 48) -> list[bytes]:
@@ -78,20 +85,8 @@ async def participant(i: int, port: int, token: str, frames: list[bytes], fps: f
         stats["sent"][i], stats["grids"][i] = sent, grids
 
 
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 async def main_async(args) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        http = s.getsockname()[1]
+    port, http = free_port(), free_port()
     token = "load-test"
     server = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--port", str(port), "--http",
                                f"127.0.0.1:{http}", "--token", token, "--duration", str(args.seconds + 30),
@@ -109,7 +104,7 @@ async def main_async(args) -> dict:
             while True:
                 await asyncio.sleep(5)
                 status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http}/status.json", timeout=5).read())
-                rss.append((round(time.monotonic() - start, 1), rss_mb(server.pid)))
+                rss.append((round(time.monotonic() - start, 1), current_rss_mb(server.pid)))
                 counts.append(status["count"])
 
         sampler = asyncio.create_task(sample())

@@ -55,7 +55,6 @@ class Analysis:
     boxes: list[Box] = field(default_factory=list)  # regions drawn on the overlay (faces, eyes)
     alerts: tuple[str, ...] = ()  # alerts active on this frame
     info: dict = field(default_factory=dict)  # extra figures for the overlay and events (e.g. PERCLOS)
-    inferred: bool = True  # False: reused from an earlier frame (--every, motion gate)
 
 
 class Classifier:

@@ -198,7 +198,7 @@ class MeetingServer:
             await participant.writer.drain()  # a slow client waits here, alone
 
     # ---- grids -------------------------------------------------------------------------------------------
-    def _compose(self, people: list[Participant], now: float) -> tuple[bytes, bytes, list[float]]:
+    def _compose(self, people: list[Participant]) -> tuple[bytes, bytes, list[float]]:
         """On a worker thread: decode new tiles, draw both grids, encode them."""
         import cv2
 
@@ -252,7 +252,7 @@ class MeetingServer:
         while True:
             started = time.monotonic()
             people = sorted(self.participants.values(), key=lambda q: q.id)
-            annotated, clean, arrived = await asyncio.to_thread(self._compose, people, started)
+            annotated, clean, arrived = await asyncio.to_thread(self._compose, people)
             now = time.monotonic()
             self.latencies.extend(now - t for t in arrived)
             self.grids += 1

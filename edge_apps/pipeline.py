@@ -235,7 +235,7 @@ class Pipeline:
                     if self.config.motion_gate > 0:
                         reference = thumbnail(frame.image)
                 else:
-                    last, events = replace(last, inferred=False), []
+                    events = []  # --every / motion gate: the last analysis stands for this frame
                 self.glass_to_glass.append(time.monotonic() - frame.captured)
                 if last.label != label_before:
                     events.insert(0, {"type": "label", "label": last.label, "score": round(last.score, 4)})

@@ -35,10 +35,10 @@ def has_int8_dot_product() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}) or is_arm()
 
 
-def _proc_status_mb(field: str) -> float | None:
-    """A memory line of /proc/self/status (Linux) in MB, or None where there is none."""
+def _proc_status_mb(field: str, pid: int | str = "self") -> float | None:
+    """A memory line of /proc/<pid>/status (Linux) in MB, or None where there is none."""
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
@@ -47,9 +47,9 @@ def _proc_status_mb(field: str) -> float | None:
     return None
 
 
-def current_rss_mb() -> float | None:
-    """Resident memory of this process now (Linux VmRSS; None elsewhere)."""
-    return _proc_status_mb("VmRSS")
+def current_rss_mb(pid: int | str = "self") -> float | None:
+    """Resident memory of a process (this one by default) now (Linux VmRSS; None elsewhere)."""
+    return _proc_status_mb("VmRSS", pid)
 
 
 def peak_rss_mb() -> float:

@@ -33,6 +33,15 @@ def blob_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarr
     return image
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real `edgekit` entry point in a fresh interpreter."""
     return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True,

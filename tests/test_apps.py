@@ -4,7 +4,6 @@ switchable savings; and the alert / PERCLOS logic on its own."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from browser import Browser
-from conftest import run_cli
+from conftest import free_port, run_cli
 from edgekit.edge_apps.apps import AlertTimer, Perclos
 
 
@@ -29,12 +28,6 @@ def read_video(path):
 
 def events_of(folder):
     return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime", "openvino"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, free_port, run_cli
 
 # Installed as `torch` in the device venv: any attempt to import torch, in any process, leaves a marker.
 TORCH_TRIPWIRE = """import os
@@ -86,12 +86,9 @@ def test_run_bench_and_doctor_on_the_device_install_never_import_torch(device_ve
 
 def test_join_from_the_device_install(device_venv, binary_models, tmp_path):
     """`edgekit join` (attend app, ONNX Runtime) from the torch-free venv to a real `edgekit serve`."""
-    import socket
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--port", str(port), "--http", "off",
                                "--token", "t0k", "--duration", "60"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)

@@ -16,15 +16,10 @@ import numpy as np
 import pytest
 
 from browser import Browser
+from conftest import free_port
 from edgekit.edge_apps import protocol as p
 
 TOKEN = "test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_cli_without
+from conftest import free_port, run_cli, run_cli_without
 from edgekit.edge_apps.smoothing import Smoother, probabilities
 
 
@@ -92,9 +92,7 @@ def test_url_source_is_read_live_and_every_frame_is_accounted_for(exported, clip
     import socket
     import time
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                                "--directory", str(clip.parent)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
