@@ -134,6 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     lat = result["latency_ms"]
+    slope = "n/a (fewer than 3 samples)" if result["rss_slope_mb_per_min"] is None else \
+        f"{result['rss_slope_mb_per_min']:+.2f} MB/min"
     text = (f"$ python benchmarks/meeting_load.py --clients {args.clients} --fps {args.fps:g} --seconds {args.seconds:g}\n"
             f"{result['clients']} simulated clients x {result['fps']:g} FPS x {result['seconds']:g} s on loopback "
             f"({result['machine']})\n"
@@ -142,7 +144,7 @@ def main() -> None:
             f"tiles sent: {result['tiles_sent']}; grids received per client: >= {result['grids_received_min']}\n"
             f"frame-to-grid latency: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms over {lat['count']} tiles\n"
             f"server RSS (MB, every 5 s): {' '.join(f'{r:.0f}' for _, r in result['rss_mb'])}\n"
-            f"RSS trend: {result['rss_slope_mb_per_min']:+.2f} MB/min; mean first half "
+            f"RSS trend: {slope}; mean first half "
             f"{result['rss_first_half_mean']:.1f} MB, second half {result['rss_second_half_mean']:.1f} MB\n")
     print(text, end="")
     out = Path(args.out)
