@@ -138,6 +138,8 @@ class MeetingServer:
         except p.ProtocolError as exc:
             self.rejected += 1
             log.warning("closing %s (%s): %s", participant.name if participant else "unauthenticated", address, exc)
+            if sender is not None:
+                sender.cancel()  # the ERROR must be the last message: no grid may follow it while it drains
             try:
                 writer.write(p.encode_json(p.ERROR, {"reason": str(exc)}))
                 await asyncio.wait_for(writer.drain(), 1.0)
