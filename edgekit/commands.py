@@ -174,7 +174,7 @@ def verify(models: tuple[str, ...], reference: str, data: str | None, images: in
            json_path: str | None) -> None:
     """Run held-out images through the PyTorch reference and each exported model; exit 1 if a tolerance breaks."""
     _need_torch()
-    from edgekit.export.verify import VerificationFailed
+    from edgekit.export.verify import VerificationFailed, failures
     from edgekit.export.verify import verify as run_verify
     from edgekit.training.checkpoint import load_checkpoint
 
@@ -188,7 +188,7 @@ def verify(models: tuple[str, ...], reference: str, data: str | None, images: in
         Path(json_path).write_text(json.dumps([
             {k: getattr(r, k) for k in ("name", "precision", "max_abs", "mean_abs", "agreement", "accuracy",
                                         "delta_pp", "status")} for r in rows], indent=2) + "\n")
-    if any(r.status != "ok" for r in rows[1:]):
+    if failures(rows):
         raise VerificationFailed("a tolerance is broken (see the status column)")
 
 

@@ -243,7 +243,7 @@ def export(cfg: ExportConfig) -> ExportResult:
 
 
 def _verify_staged(cfg: ExportConfig, job: ExportJob, result: ExportResult) -> None:
-    from edgekit.export.verify import verify
+    from edgekit.export.verify import failures, verify
 
     data = data_source(cfg, job.ckpt)
     if data is None:
@@ -252,10 +252,10 @@ def _verify_staged(cfg: ExportConfig, job: ExportJob, result: ExportResult) -> N
         return
     rows, table = verify([a.path for a in result.artifacts], Path(cfg.checkpoint), data, cfg.verify_images, cfg.seed)
     result.verify_table = table
-    result.verify_ok = all(r.status == "ok" for r in rows[1:])
+    result.verify_ok = not failures(rows)
     if not result.verify_ok:
         from edgekit.export.verify import VerificationFailed
 
         log.error("%s", table)
-        failed = [r.name + " (" + r.status + ")" for r in rows[1:] if r.status != "ok"]
+        failed = [r.name + " (" + r.status + ")" for r in failures(rows)]
         raise VerificationFailed(f"verification failed, nothing written: {'; '.join(failed)}")

@@ -3,6 +3,12 @@
 Each artifact is fed through *its own* spec (a baked artifact gets uint8 frames, a plain one normalised
 floats), so the check covers preprocessing as well as the graph. Tolerances depend on the precision;
 breaking one makes the command exit non-zero, so it can gate CI.
+
+The reference is the checkpoint run by PyTorch in float64. PyTorch's own FP32 result is not exact: on the
+Fashion-MNIST MobileNetV2 it is up to 1.1e-4 away from float64 (benchmarks/fp32_noise_floor.py), as far as a
+correct FP32 export is from it. Against float64 each artifact's difference is its own error, not the sum of
+two FP32 errors. PyTorch FP32 gets a row of its own, measured the same way but never gating, so the table
+shows how large the FP32 error of the framework itself is.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ class Row:
     name: str
     precision: str
     logits: np.ndarray
+    gates: bool = True  # False for the PyTorch FP32 row: shown for scale, never fails the command
     max_abs: float = 0.0
     mean_abs: float = 0.0
     agreement: float = 1.0
@@ -68,6 +75,14 @@ def compare(reference: np.ndarray, rows: list[Row], labels: np.ndarray | None, b
         if "min_delta_pp" in tol and row.delta_pp is not None and row.delta_pp < tol["min_delta_pp"]:
             row.problems.append(f"accuracy {row.delta_pp:+.2f} pp < {tol['min_delta_pp']} pp")
         row.status = "FAIL: " + "; ".join(row.problems) if row.problems else "ok"
+        if not row.gates:
+            row.status = "not gated: PyTorch's own FP32 error" + (" (beyond the fp32 tolerance)" if row.problems else "")
+            row.problems = []
+
+
+def failures(rows: list[Row]) -> list[Row]:
+    """The rows that break a tolerance (the reference and the PyTorch FP32 row never do)."""
+    return [r for r in rows if r.problems]
 
 
 def verify(models: list[Path], reference_checkpoint: Path, data: str, images: int = 1000,
@@ -82,8 +97,14 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
     table = checkpoint_data(ckpt, data)
     indices = test_subset(table, images, seed)
     labels = table.labels[indices]
-    reference = run_model(load_model(ckpt), [table.inputs(indices, ckpt.spec)]).astype(np.float64)
-    rows = [Row(f"PyTorch FP32 ({Path(reference_checkpoint).name})", "fp32", reference)]
+    inputs = table.inputs(indices, ckpt.spec)
+    model = load_model(ckpt)
+    chunks = [inputs[i:i + 500] for i in range(0, len(inputs), 500)]
+    pytorch_fp32 = run_model(model, chunks)
+    reference = run_model(model.double(), [c.astype(np.float64) for c in chunks])
+    name = Path(reference_checkpoint).name
+    rows = [Row(f"PyTorch float64 ({name})", "fp64", reference),
+            Row(f"PyTorch FP32 ({name})", "fp32", pytorch_fp32, gates=False)]
     for path in map(Path, models):
         runtime = load_runtime(path)
         spec = runtime.spec

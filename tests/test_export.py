@@ -136,6 +136,23 @@ def test_verify_breaks_with_nonzero_exit_when_a_model_does_not_match(exported, t
     assert "FAIL" in proc.stdout and proc.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+def test_verify_reference_is_pytorch_float64_and_the_fp32_row_never_gates(exported, trained, mini_data):
+    from edgekit.export.verify import Row, compare, failures, verify
+
+    out, _ = exported
+    rows, table = verify([out / "model.onnx"], trained["checkpoint"], str(mini_data), images=100)
+    reference, pytorch_fp32, onnx_fp32 = rows
+    assert reference.precision == "fp64" and reference.logits.dtype == np.float64
+    assert not pytorch_fp32.gates and "not gated" in pytorch_fp32.status
+    # Two FP32 computations of the same network, but not bit-identical to the float64 one.
+    assert 0 < pytorch_fp32.max_abs < 1e-3 and onnx_fp32.max_abs <= 1e-4 and onnx_fp32.status == "ok"
+    assert "PyTorch float64" in table and not failures(rows)
+    # The same logits 1.0 off: a gated row fails, the framework row only says so.
+    shifted = [Row("gated", "fp32", reference.logits + 1.0), Row("framework", "fp32", reference.logits + 1.0, gates=False)]
+    compare(reference.logits, shifted, None, False)
+    assert failures(shifted) == [shifted[0]] and "beyond the fp32 tolerance" in shifted[1].status
+
+
 def test_missing_openvino_bin_is_one_line(exported, trained, mini_data, tmp_path):
     import shutil
 
