@@ -36,6 +36,19 @@ def test_onnx_metadata_and_openvino_rt_info_carry_the_spec(exported, trained):
     assert onnx_spec.quantization["scheme"] == "onnxruntime-qdq" and onnx_spec.quantization["per_channel"]
     ov_spec = read_rt_info_spec(out / "model_fp16.xml")
     assert ov_spec.labels == labels and ov_spec.precision == "fp16"
+    # No stale copy of the FP32 ONNX's spec from convert_model's "framework" section.
+    assert "framework" not in (out / "model_int8.xml").read_text()
+
+
+def test_openvino_int8_ir_writes_each_constant_once(exported):
+    import re
+
+    out, _ = exported
+    xml = (out / "model_int8.xml").read_text()
+    consts = re.findall(r'type="Const"[^>]*>\s*<data element_type="(\w+)" shape="([^"]*)" offset="(\d+)" size="(\d+)"', xml)
+    # The serializer stores equal bytes once, so two Const layers at one offset are the same constant twice.
+    assert len(consts) > 50 and len(set(consts)) == len(consts)
+    assert xml.count('type="FakeQuantize"') > 5
 
 
 def test_onnx_is_pinned_and_int8_is_qdq_and_small(exported):
