@@ -172,7 +172,10 @@ def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, **opti
 @click.option("--json", "json_path", default=None, help="Also write the rows as JSON.")
 def verify(models: tuple[str, ...], reference: str, data: str | None, images: int, seed: int,
            json_path: str | None) -> None:
-    """Run held-out images through the PyTorch reference and each exported model; exit 1 if a tolerance breaks."""
+    """Run held-out images through the PyTorch reference and each exported model; exit 1 if a tolerance breaks.
+
+    The reference is the checkpoint computed in float64, so each row's logit difference is that model's own
+    error; PyTorch FP32 is listed too, for scale, and never fails the command."""
     _need_torch()
     from edgekit.export.verify import VerificationFailed, failures
     from edgekit.export.verify import verify as run_verify
