@@ -195,10 +195,23 @@ def export_openvino(job: ExportJob) -> list[Artifact]:
 # --- the wrapper -----------------------------------------------------------------------------------
 @dataclass
 class ExportResult:
-    artifacts: list[Artifact] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)  # written: verified (or verification off)
     lines: list[str] = field(default_factory=list)
     verify_table: str = ""
-    verify_ok: bool = True
+    failed: list[str] = field(default_factory=list)  # "name: reason. Try: ..." for each artifact not written
+
+    @property
+    def verify_ok(self) -> bool:
+        return not self.failed
+
+
+# What to try when an artifact misses its gate, by precision (shown with the failure).
+NEXT_STEPS = {
+    "int8": "more or more varied calibration images (--calib-size), another --calib-method, "
+            "--exclude the most sensitive nodes, or --ov-int8 qdq for OpenVINO",
+    "fp16": "keep the FP32 artifact (FP16 changes decisions on this model)",
+    "fp32": "report it: an FP32 export should match PyTorch",
+}
 
 
 def _writable_dir(out: Path) -> Path:
@@ -228,7 +241,7 @@ def export(cfg: ExportConfig) -> ExportResult:
             result.artifacts += EXPORTERS[name](job)
         if cfg.verify:
             _verify_staged(cfg, job, result)
-        for artifact in result.artifacts:  # all good: move into place
+        for artifact in result.artifacts:  # the verified ones: move into place
             moved = []
             for f in artifact.files:
                 os.replace(f, out / f.name)
@@ -243,6 +256,9 @@ def export(cfg: ExportConfig) -> ExportResult:
 
 
 def _verify_staged(cfg: ExportConfig, job: ExportJob, result: ExportResult) -> None:
+    """Verify every staged artifact; the ones that miss their gate are dropped from ``result.artifacts``
+    (their files stay in the stage folder, which is removed) and listed in ``result.failed``. One failed
+    artifact never costs the others: each passed or failed on its own numbers."""
     from edgekit.export.verify import failures, verify
 
     data = data_source(cfg, job.ckpt)
@@ -252,10 +268,9 @@ def _verify_staged(cfg: ExportConfig, job: ExportJob, result: ExportResult) -> N
         return
     rows, table = verify([a.path for a in result.artifacts], Path(cfg.checkpoint), data, cfg.verify_images, cfg.seed)
     result.verify_table = table
-    result.verify_ok = not failures(rows)
-    if not result.verify_ok:
-        from edgekit.export.verify import VerificationFailed
-
-        log.error("%s", table)
-        failed = [r.name + " (" + r.status + ")" for r in failures(rows)]
-        raise VerificationFailed(f"verification failed, nothing written: {'; '.join(failed)}")
+    failed = {r.name: r for r in failures(rows)}
+    for artifact in [a for a in result.artifacts if a.path.name in failed]:
+        row = failed[artifact.path.name]
+        result.failed.append(f"{artifact.path.name} not written: {'; '.join(row.problems)}. "
+                             f"Try: {NEXT_STEPS[artifact.precision]}")
+        result.artifacts.remove(artifact)

@@ -224,3 +224,28 @@ def test_few_calibration_images_warn(trained, mini_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "calibrating on 32 images" in proc.stderr
     assert (tmp_path / "o" / "model_int8.onnx").is_file()
+
+
+def test_an_artifact_that_misses_its_gate_costs_only_itself(trained, mini_data, tmp_path):
+    """With the INT8 gate out of reach, INT8 is reported with its reason and what to try, not written; the FP32
+    artifacts still are, and the CLI exits 1 with one error line."""
+    code = (
+        "import sys\n"
+        "from edgekit.export.verify import TOLERANCES\n"
+        "TOLERANCES['int8']['min_agreement'] = 1.01  # no INT8 model can reach this\n"
+        "from edgekit.cli import main\n"
+        f"sys.argv = ['edgekit', 'export', {str(trained['checkpoint'])!r}, '--format', 'onnx', '--format',\n"
+        f"            'openvino', '--int8', '--data', {str(mini_data)!r}, '--calib-size', '64', '--calib-batch',\n"
+        f"            '16', '--verify-images', '100', '--out', {str(tmp_path)!r}]\n"
+        "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"model.onnx", "model.onnx.edgekit.json", "model.xml", "model.bin"} <= names
+    assert not any("int8" in n for n in names) and not any(n.startswith(".edgekit-export-") for n in names)
+    for model in ("model_int8.onnx", "model_int8.xml"):
+        assert f"{model} not written: agreement" in proc.stderr and "Try: " in proc.stderr
+    assert "FAIL: agreement" in proc.stdout  # the verification table shows the failed rows too
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "error: 2 artifact(s) missed their gate and were not written; 2 written"
+    assert "Traceback" not in proc.stderr
