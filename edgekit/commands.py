@@ -138,7 +138,8 @@ def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, **opti
     """Export a checkpoint to ONNX (FP32, QDQ INT8) and/or OpenVINO IR (FP32, FP16, INT8).
 
     Every artifact carries the model spec (in the file and in a NAME.edgekit.json sidecar) and is verified
-    against PyTorch; nothing is written when a check fails.
+    against PyTorch before it is written: the ones that pass are written, one that misses its gate is not
+    (the table says why and what to try), and the exit status is then 1.
     """
     _need_torch()
     from edgekit.export.core import ExportConfig
@@ -161,6 +162,13 @@ def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, **opti
             click.echo(line)
     elif result.artifacts:
         click.echo(f"next: edgekit verify {' '.join(str(a.path) for a in result.artifacts)} --reference {checkpoint}")
+    if result.failed:
+        from edgekit.export.verify import VerificationFailed
+
+        for line in result.failed:
+            click.echo(line, err=True)
+        raise VerificationFailed(f"{len(result.failed)} artifact(s) missed their gate and were not written; "
+                                 f"{len(result.artifacts)} written")
 
 
 @cli.command()
