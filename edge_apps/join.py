@@ -46,7 +46,7 @@ def black_frames(fps: float) -> Iterator[Frame]:
 
 def open_source(cfg: JoinConfig) -> FrameSource | None:
     try:
-        return FrameSource(cfg.source, realtime=True)
+        return FrameSource(cfg.source, realtime=True, loop=cfg.loop)
     except BadInputError as exc:
         log.warning("camera unavailable (%s): sending a black tile, 'not attentive'", exc)
         return None
@@ -81,43 +81,38 @@ def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path, viewers: li
     source = open_source(cfg)
     camera = source is not None
     try:
-        while True:
-            iterator = iter(source) if source is not None else black_frames(cfg.fps)
-            for frame in iterator:
-                now = time.monotonic()
-                if cfg.duration and now - started >= cfg.duration:
-                    return summary(client, frames, sent, camera, started)
-                if not client.connected and now >= next_try:
-                    try:
-                        client.connect()
-                        log.info("joined %s:%d as %s", client.host, client.port, client.welcome.get("name"))
-                        backoff = 0.5
-                    except JoinRefused:
-                        raise
-                    except (OSError, p.ProtocolError) as exc:
-                        log.warning("server %s:%d unreachable (%s); retrying in %.1f s", client.host, client.port,
-                                    exc, backoff)
-                        next_try, backoff = now + backoff, min(8.0, backoff * 2)
-                analysis = app.analyze(frame.image, frame.t)[0] if camera else Analysis("not attentive", 0.0)
-                frames += 1
-                shown = show_grid(client, viewers, shown)
-                if client.connected and now - last_tile >= 1.0 / cfg.fps:
-                    meta = {"label": analysis.label, "score": round(float(analysis.score), 4), "seq": frames}
-                    if client.privacy:
-                        message = p.encode_json(p.STATUS, meta)
-                    else:
-                        tile = cv2.resize(frame.image, cfg.tile, interpolation=cv2.INTER_AREA)
-                        jpeg = cv2.imencode(".jpg", tile, [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])[1].tobytes()
-                        message = p.encode_tile(meta, jpeg)
-                    if client.send(message):
-                        sent, last_tile = sent + 1, now
-                    else:
-                        log.warning("lost the server (%s); reconnecting", client.error)
-                        next_try = now + backoff
-            if source is None or not cfg.loop:
+        for frame in iter(source) if source is not None else black_frames(cfg.fps):
+            now = time.monotonic()
+            if cfg.duration and now - started >= cfg.duration:
                 return summary(client, frames, sent, camera, started)
-            source.close()
-            source = open_source(cfg)
+            if not client.connected and now >= next_try:
+                try:
+                    client.connect()
+                    log.info("joined %s:%d as %s", client.host, client.port, client.welcome.get("name"))
+                    backoff = 0.5
+                except JoinRefused:
+                    raise
+                except (OSError, p.ProtocolError) as exc:
+                    log.warning("server %s:%d unreachable (%s); retrying in %.1f s", client.host, client.port,
+                                exc, backoff)
+                    next_try, backoff = now + backoff, min(8.0, backoff * 2)
+            analysis = app.analyze(frame.image, frame.t)[0] if camera else Analysis("not attentive", 0.0)
+            frames += 1
+            shown = show_grid(client, viewers, shown)
+            if client.connected and now - last_tile >= 1.0 / cfg.fps:
+                meta = {"label": analysis.label, "score": round(float(analysis.score), 4), "seq": frames}
+                if client.privacy:
+                    message = p.encode_json(p.STATUS, meta)
+                else:
+                    tile = cv2.resize(frame.image, cfg.tile, interpolation=cv2.INTER_AREA)
+                    jpeg = cv2.imencode(".jpg", tile, [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])[1].tobytes()
+                    message = p.encode_tile(meta, jpeg)
+                if client.send(message):
+                    sent, last_tile = sent + 1, now
+                else:
+                    log.warning("lost the server (%s); reconnecting", client.error)
+                    next_try = now + backoff
+        return summary(client, frames, sent, camera, started)
     finally:
         if client.grid:
             (out / "grid.jpg").write_bytes(client.grid)

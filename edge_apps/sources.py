@@ -52,13 +52,15 @@ class FrameSource:
     A reader thread decodes ahead of the pipeline, so decoding overlaps with inference. Live sources keep
     only the newest frame; files and folders go through a short queue and no frame is lost. URL sources
     that drop are re-opened with exponential backoff (``reconnect`` attempts, 0.5 s doubling to 8 s).
+    ``loop`` restarts a file or folder at its end (a file standing in for a camera that never ends).
     """
 
     QUEUE = 4  # frames decoded ahead for files and folders
     MAX_BAD_FRAMES = 3  # undecodable frames in a row before a video file counts as ended
     HEALTHY = 30.0  # seconds of frames after which a URL's reconnect attempts start afresh
 
-    def __init__(self, source: str, reconnect: int = 5, fps: float = 0.0, realtime: bool = False):
+    def __init__(self, source: str, reconnect: int = 5, fps: float = 0.0, realtime: bool = False,
+                 loop: bool = False):
         self.source = str(source)
         self.stats = SourceStats()
         # realtime: play a file or folder at its frame rate and treat it like a camera (newest frame wins)
@@ -66,6 +68,7 @@ class FrameSource:
         self.realtime = realtime and not self.device
         self.live = self.device or self.realtime
         self.reconnect = reconnect if is_url(self.source) else 0
+        self.loop = loop and not self.device
         path = Path(self.source)
         if not self.device and not path.exists():
             raise BadInputError(f"source not found: {self.source}")
@@ -82,6 +85,7 @@ class FrameSource:
         self._stopped = False
         self._done = False
         self._attempts, self._healthy_since = 0, time.monotonic()
+        self._thread: threading.Thread | None = None
         # Frame -> Frame, run on the reader thread (resizing, preprocessing ahead of the model)
         self.transform: Callable[[Frame], Frame] | None = None
         self.error: str | None = None  # why the source ended early, if it did
@@ -106,7 +110,20 @@ class FrameSource:
         return self._fps
 
     def _decode(self) -> Iterator[np.ndarray]:
-        """Decoded images in source order; bookkeeping of corrupt frames, ends and reconnects."""
+        """Decoded images in source order, the file or folder again and again with ``loop`` (as long as a
+        pass yields a frame, so an unreadable file cannot spin)."""
+        import cv2
+
+        while True:
+            before = self.stats.read
+            yield from self._decode_once()
+            if not self.loop or self._stopped or self.stats.read == before:
+                return
+            if self.capture is not None:
+                self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+
+    def _decode_once(self) -> Iterator[np.ndarray]:
+        """One pass over the source; bookkeeping of corrupt frames, ends and reconnects."""
         import cv2
 
         if self.folder is not None:
@@ -135,7 +152,7 @@ class FrameSource:
                 continue
             if self.device:
                 self.error = f"source {self.source!r} stopped delivering frames"
-            elif self.stats.read + self.stats.corrupt < self.frame_count:
+            elif not self.loop and self.stats.read + self.stats.corrupt < self.frame_count:
                 self.error = f"{self.source} ended after {self.stats.read} of {self.frame_count} frames (truncated?)"
             return
 
@@ -200,18 +217,24 @@ class FrameSource:
             return frame
 
     def __iter__(self) -> Iterator[Frame]:
-        thread = threading.Thread(target=self._reader, name="edgekit-capture", daemon=True)
-        thread.start()
+        self._thread = threading.Thread(target=self._reader, name="edgekit-capture", daemon=True)
+        self._thread.start()
         try:
             while (frame := self._take()) is not None:
                 yield frame
         finally:
-            with self._lock:
-                self._stopped = True
-                self._lock.notify_all()
-            thread.join(timeout=2.0)
+            self._stop_reader()
+
+    def _stop_reader(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._lock.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()  # a read in progress ends within one frame (or a URL's read timeout)
 
     def close(self) -> None:
-        self._stopped = True
+        """Stop the reader, wait for it, then release the capture it was reading from (in that order:
+        releasing a VideoCapture under a read in progress can crash the process)."""
+        self._stop_reader()
         if self.capture is not None:
             self.capture.release()

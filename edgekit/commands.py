@@ -10,6 +10,21 @@ from edgekit.cli import cli
 from edgekit.errors import BadInputError, require
 
 
+def _ctrl_c_interrupts() -> None:
+    """Make Ctrl-C (SIGINT) raise KeyboardInterrupt in this process, whatever we inherited.
+
+    A shell that starts a job in the background (``cmd &`` in a script) sets SIGINT to "ignore" for it,
+    every child inherits that, and Python then leaves it ignored: Ctrl-C or ``kill -INT`` would not stop
+    `edgekit run`, and its video would never be finalised. The long-running commands that promise clean
+    Ctrl-C handling install the handler themselves.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _need_torch() -> None:
     require("torch", "train", "training and PyTorch quantization")
     require("torchvision", "train", "the model zoo")
@@ -328,17 +343,20 @@ def bench_compare(a: str, b: str) -> None:
               help="driver: share of closed-eye frames in the window that raises the drowsiness alert.")
 @click.option("--realtime", is_flag=True,
               help="Play a video file or folder at its frame rate, like a camera (the newest frame wins).")
+@click.option("--loop", is_flag=True, help="Restart a video file or folder at its end (until Ctrl-C or --max-frames).")
 @click.option("--reconnect", default=5, show_default=True, help="URL sources: re-open attempts (with backoff) after a drop.")
 @click.option("--max-frames", default=0, show_default=True, help="Stop after N frames (0 = until the source ends).")
 @click.option("--threads", default=2, show_default=True, help="Inference threads.")
 def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str | None, out: str, save_video: bool,
             serve: str | None, show: bool, smooth: str, hold: int, every: int, motion_gate: float, scale: float,
             window: int, positive: str | None, safe_label: str | None, alert_after: float, perclos_seconds: float,
-            perclos_threshold: float, realtime: bool, reconnect: int, max_frames: int, threads: int) -> None:
+            perclos_threshold: float, realtime: bool, loop: bool, reconnect: int, max_frames: int,
+            threads: int) -> None:
     """Classify frames from a camera, video, folder or URL in real time with any runtime.
 
     Prints a per-stage latency summary at the end (Ctrl-C ends early; files written so far are kept).
     """
+    _ctrl_c_interrupts()
     from edgekit.edge_apps import apps
     from edgekit.edge_apps.faces import load_detector
     from edgekit.edge_apps.pipeline import (JsonlEvents, Pipeline, PipelineConfig, StreamSink, VideoSink,
@@ -365,7 +383,7 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
                                 perclos_seconds=perclos_seconds, perclos_threshold=perclos_threshold)
     else:
         worker = apps.ClassifyApp(rt, timer, smoother, faces=detector)
-    frames = FrameSource(source, reconnect=reconnect, realtime=realtime)
+    frames = FrameSource(source, reconnect=reconnect, realtime=realtime, loop=loop)
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -416,6 +434,7 @@ def serve(host: str, port: int, http: str, token: str, fps: float, timeout: floa
           max_message_kb: int, tls_cert: str | None, tls_key: str | None, duration: float,
           json_path: str | None) -> None:
     """EdgeAttend server: participants `edgekit join`, the host watches the annotated grid in a browser."""
+    _ctrl_c_interrupts()
     import asyncio
 
     from edgekit.edge_apps.meeting import MeetingServer, ServerConfig
@@ -471,6 +490,7 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
          window: int, privacy: bool, tls: bool, tls_ca: str | None, fps: float, duration: float, out: str,
          serve: str | None, show: bool, threads: int) -> None:
     """Join an EdgeAttend meeting: attentiveness is computed here; only a tile and the label are sent."""
+    _ctrl_c_interrupts()
     from edgekit.edge_apps import apps
     from edgekit.edge_apps.faces import load_detector
     from edgekit.edge_apps.join import JoinConfig, run_join, write_summary

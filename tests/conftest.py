@@ -42,6 +42,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test will interrupt: SIGINT back to its default disposition.
+
+    When the test run itself was started as a background job, the shell set SIGINT to "ignore", and a child
+    inherits that; a SIGINT sent to it would then be lost whatever the child does about it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real `edgekit` entry point in a fresh interpreter."""
     return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from browser import Browser
-from conftest import free_port, run_cli
+from conftest import default_sigint, free_port, run_cli
 from edgekit.edge_apps.apps import AlertTimer, Perclos
 
 
@@ -92,8 +92,8 @@ def test_mjpeg_stream_plays_in_headless_chromium_and_ctrl_c_keeps_the_files(bina
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "run", "--app", "attend", "--model",
                              str(binary_models["onnxruntime"]), "--source", str(faces_video), "--realtime",
-                             "--serve", f"127.0.0.1:{port}", "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--loop", "--serve", f"127.0.0.1:{port}", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         line = ""
         while proc.poll() is None and "streaming on" not in line:

@@ -113,3 +113,20 @@ def test_url_source_is_read_live_and_every_frame_is_accounted_for(exported, clip
     assert source["live"] and source["read"] == 40
     assert summary["frames"] + source["dropped"] == source["read"]
     assert "stopped delivering frames" in source["error"]
+
+
+def test_loop_replays_a_file_until_max_frames_and_close_waits_for_the_reader(exported, clip, tmp_path):
+    from edgekit.edge_apps.sources import FrameSource
+
+    out, _ = exported
+    proc = run_cli("run", "--model", str(out / "model.onnx"), "--source", str(clip), "--loop", "--max-frames",
+                   "100", "--out", str(tmp_path), "--no-save-video")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["frames"] == 100 and summary["source"]["error"] is None  # 2.5 passes over the 40-frame clip
+    source = FrameSource(str(clip), loop=True)
+    frames = iter(source)
+    indices = [next(frames).index for _ in range(90)]
+    assert indices == list(range(90))  # one running index across the passes
+    source.close()  # while the reader may be inside a read: stop, join, then release
+    assert not source._thread.is_alive() and not source.capture.isOpened()
