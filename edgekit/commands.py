@@ -53,6 +53,8 @@ def _need_torch() -> None:
 @click.option("--pos-weight", type=float, default=None, help="BCE pos_weight (default: negatives/positives).")
 @click.option("--class-weights", is_flag=True, help="Inverse-frequency cross-entropy weights.")
 @click.option("--patience", default=4, show_default=True, help="Early stopping patience (epochs).")
+@click.option("--schedule", type=click.Choice(["plateau", "cosine"]), default="plateau", show_default=True,
+              help="Learning rate: cut on a validation plateau, or cosine decay to zero over each stage.")
 @click.option("--val-fraction", default=0.1, show_default=True)
 @click.option("--test-fraction", default=0.2, show_default=True, help="Ignored when the data has a test split.")
 @click.option("--group-column", default=None, help="CSV column with a person/subject id: splits keep groups whole.")

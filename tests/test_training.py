@@ -92,3 +92,14 @@ def test_dynamic_quantization_swaps_linear_layers(trained):
     x = torch.randn(3, 3, 32, 32)
     with torch.inference_mode():
         np.testing.assert_allclose(dynamic(x).numpy(), fp32(x).numpy(), atol=0.5)
+
+
+def test_cosine_schedule_decays_the_rate_each_epoch_and_unknown_schedules_are_refused(mini_data, tmp_path):
+    from edgekit.training.trainer import TrainConfig, train
+
+    with pytest.raises(BadInputError, match="schedule"):
+        TrainConfig(data=str(mini_data), schedule="linear")
+    result = train(TrainConfig(data=str(mini_data), weights="none", epochs=3, batch_size=32, limit=96, lr=1e-3,
+                               schedule="cosine", patience=10, out=str(tmp_path), threads=2))
+    rates = [h["lr"] for h in result["history"]]  # the rate for the next epoch, read after each step
+    assert rates == pytest.approx([7.5e-4, 2.5e-4, 0.0], abs=1e-9)

@@ -28,6 +28,9 @@ from edgekit.training.torchdata import make_loader
 log = logging.getLogger(__name__)
 
 
+SCHEDULES = ("plateau", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str
@@ -49,6 +52,7 @@ class TrainConfig:
     class_weights: bool = False  # inverse-frequency cross-entropy weights
     patience: int = 4
     lr_patience: int = 1
+    schedule: str = "plateau"  # "plateau": ReduceLROnPlateau on the validation loss; "cosine": to zero per stage
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     group_column: str | None = None
@@ -64,6 +68,8 @@ class TrainConfig:
         get_arch(self.model)  # unknown names fail before any data is read
         if self.epochs < 1 or self.batch_size < 1 or self.input_size < 16:
             raise BadInputError("epochs and batch size must be >= 1 and input size >= 16")
+        if self.schedule not in SCHEDULES:
+            raise BadInputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -175,7 +181,7 @@ def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec) -> lis
             continue
         params = set_trainable(model, stage, cfg.unfreeze_blocks)
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=cfg.lr_patience)
+        scheduler = _scheduler(optimizer, cfg, epochs)
         stale = 0
         for _ in range(epochs):
             epoch += 1
@@ -184,7 +190,10 @@ def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec) -> lis
                                               freeze_bn=stage == "finetune", desc=f"epoch {epoch} {stage}")
             va_loss, va_acc = (run_epoch(model, loaders["val"], loss_fn, spec.binary, desc="val")[:2]
                                if loaders.get("val") else (tr_loss, tr_acc))
-            scheduler.step(va_loss)
+            if cfg.schedule == "plateau":
+                scheduler.step(va_loss)
+            else:
+                scheduler.step()
             row = {"epoch": epoch, "stage": stage, "train_loss": tr_loss, "train_acc": tr_acc,
                    "val_loss": va_loss, "val_acc": va_acc, "lr": optimizer.param_groups[0]["lr"],
                    "seconds": time.perf_counter() - start}
@@ -200,6 +209,17 @@ def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec) -> lis
                     break
     model.load_state_dict(best[1])
     return history
+
+
+def _scheduler(optimizer, cfg: TrainConfig, epochs: int):
+    """Plateau: cut the rate when the validation loss stalls. Cosine: a smooth decay to zero over the stage,
+    which on small data sets ends with a better-converged model (fewer test images sit on a decision
+    boundary, so INT8 rounding flips fewer of them)."""
+    import torch
+
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=cfg.lr_patience)
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
