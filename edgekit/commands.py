@@ -139,6 +139,9 @@ def demo(out: str, epochs: int, threads: int) -> None:
 @click.option("--exclude", multiple=True, help="ONNX node name to keep in float; repeatable.")
 @click.option("--ov-int8", type=click.Choice(["nncf", "qdq"]), default="nncf", show_default=True,
               help="OpenVINO INT8 via NNCF (closer to FP32 decisions, smaller) or from the QDQ ONNX (same scales as ONNX Runtime).")
+@click.option("--ov-bias-correction", type=click.Choice(["full", "fast"]), default="full", show_default=True,
+              help="NNCF bias correction: full (layer by layer after quantization; closer to FP32) or fast "
+                   "(NNCF's default; quicker on large models).")
 @click.option("--bake-preprocess", is_flag=True,
               help="The graph takes uint8 NHWC frames and normalises inside; a device only resizes.")
 @click.option("--input-color", type=click.Choice(["BGR", "RGB", "GRAY"]), default="BGR", show_default=True,

@@ -36,12 +36,21 @@ class ExportConfig:
     reduce_range: bool | None = None  # None: from the CPU
     exclude: tuple[str, ...] = ()
     ov_int8: str = "nncf"  # "nncf" (NNCF PTQ on the IR) or "qdq" (from the QDQ ONNX); see openvino_format
+    ov_bias_correction: str = "full"  # NNCF: "full" BiasCorrection or "fast" (NNCF's default); see nncf_int8
     bake_preprocess: bool = False
     input_color: str = "BGR"
     dynamic_batch: bool = False
     verify: bool = True
     verify_images: int = 1000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("ov_int8", self.ov_int8, ("nncf", "qdq")),
+                                     ("ov_bias_correction", self.ov_bias_correction, ("full", "fast")),
+                                     ("calib_method", self.calib_method, ("minmax", "entropy", "percentile")),
+                                     ("activation_type", self.activation_type, ("auto", "u8", "s8"))):
+            if value not in allowed:
+                raise UnknownNameError(name.replace("_", " "), value, allowed)
 
 
 class ExportJob:
@@ -179,8 +188,9 @@ def export_openvino(job: ExportJob) -> list[Artifact]:
         notes = {}
         if precision == "int8" and job.cfg.ov_int8 == "nncf":
             batches, audit = job.calibration()
-            files = ovf.nncf_int8(job.fp32_onnx(), spec, xml, batches, job.cfg.calib_size)
-            notes = {"scheme": "nncf-ptq", "calibration": audit.to_dict()}
+            files = ovf.nncf_int8(job.fp32_onnx(), spec, xml, batches, job.cfg.calib_size, job.cfg.ov_bias_correction)
+            notes = {"scheme": "nncf-ptq", "bias_correction": job.cfg.ov_bias_correction,
+                     "calibration": audit.to_dict()}
         elif precision == "int8":
             source, recipe = job.int8_onnx()
             notes = {"scheme": "from-onnx-qdq", **recipe}
@@ -198,6 +208,7 @@ class ExportResult:
     artifacts: list[Artifact] = field(default_factory=list)  # written: verified (or verification off)
     lines: list[str] = field(default_factory=list)
     verify_table: str = ""
+    verify_rows: list = field(default_factory=list)  # edgekit.export.verify.Row per model, reference first
     failed: list[str] = field(default_factory=list)  # "name: reason. Try: ..." for each artifact not written
 
     @property
@@ -267,7 +278,7 @@ def _verify_staged(cfg: ExportConfig, job: ExportJob, result: ExportResult) -> N
         result.verify_table = "verification skipped: no data"
         return
     rows, table = verify([a.path for a in result.artifacts], Path(cfg.checkpoint), data, cfg.verify_images, cfg.seed)
-    result.verify_table = table
+    result.verify_table, result.verify_rows = table, rows
     failed = {r.name: r for r in failures(rows)}
     for artifact in [a for a in result.artifacts if a.path.name in failed]:
         row = failed[artifact.path.name]

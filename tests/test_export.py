@@ -249,3 +249,18 @@ def test_an_artifact_that_misses_its_gate_costs_only_itself(trained, mini_data, 
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "error: 2 artifact(s) missed their gate and were not written; 2 written"
     assert "Traceback" not in proc.stderr
+
+
+def test_openvino_int8_records_its_nncf_recipe(exported):
+    out, _ = exported
+    recipe = json.loads((out / "model_int8.xml.edgekit.json").read_text())["spec"]["quantization"]
+    assert recipe["scheme"] == "nncf-ptq" and recipe["bias_correction"] == "full"
+
+
+@pytest.mark.parametrize("field, value", [("ov_int8", "bogus"), ("ov_bias_correction", "quick"),
+                                          ("calib_method", "foo"), ("activation_type", "u4")])
+def test_export_config_refuses_unknown_names_before_any_work(trained, field, value):
+    from edgekit.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match=repr(value)):
+        ExportConfig(checkpoint=str(trained["checkpoint"]), **{field: value})
