@@ -110,14 +110,18 @@ def quantize(checkpoint: str, json_path: str | None, **options) -> None:
 @click.option("--epochs", default=12, show_default=True)
 @click.option("--threads", default=0, show_default=True)
 def demo(out: str, epochs: int, threads: int) -> None:
-    """Run the whole flow on the embedded Fashion-MNIST subset: train, quantize to INT8, compare.
+    """Run the whole flow on the embedded Fashion-MNIST subset: train, quantize to INT8, export, verify, bench.
 
-    No network and no data to find: 3,000 training and 1,000 test images ship inside edgekit.
+    No network and no data to find: 3,000 training and 1,000 test images ship inside edgekit. Results are
+    printed as each step ends; exit 1 when an artifact missed its verification gate (the others are kept).
     """
     _need_torch()
+    from edgekit.export.verify import VerificationFailed
     from edgekit.training.demo import run_demo
 
-    click.echo(run_demo(out=out, epochs=epochs, threads=threads))
+    failed = run_demo(out=out, epochs=epochs, threads=threads, echo=click.echo)
+    if failed:
+        raise VerificationFailed(f"{len(failed)} artifact(s) missed their gate: {'; '.join(failed)}")
 
 
 @cli.command()
