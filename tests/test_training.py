@@ -103,3 +103,51 @@ def test_cosine_schedule_decays_the_rate_each_epoch_and_unknown_schedules_are_re
                                schedule="cosine", patience=10, out=str(tmp_path), threads=2))
     rates = [h["lr"] for h in result["history"]]  # the rate for the next epoch, read after each step
     assert rates == pytest.approx([7.5e-4, 2.5e-4, 0.0], abs=1e-9)
+
+
+def test_head_only_stage_keeps_the_pretrained_batchnorm_statistics(image_folder, tmp_path):
+    """Stage 1 trains only the head: the frozen backbone's BatchNorm running statistics must come out exactly
+    as they went in (a 60-image data set would otherwise overwrite them)."""
+    import torchvision
+
+    from edgekit.training.trainer import TrainConfig, train
+
+    pretrained = torchvision.models.mobilenet_v2()
+    for module in pretrained.modules():  # statistics no 60-image batch would reproduce
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    weights = tmp_path / "pretrained.pth"
+    torch.save(pretrained.state_dict(), weights)
+    result = train(TrainConfig(data=str(image_folder), weights=str(weights), epochs=1, head_epochs=1, batch_size=16,
+                               out=str(tmp_path / "out"), threads=2))
+    trained = load_checkpoint(result["checkpoint"]).state_dict
+    stats = [k for k in trained if k.startswith("features.") and k.endswith(("running_mean", "running_var"))]
+    assert len(stats) == 104
+    for key in stats:
+        torch.testing.assert_close(trained[key], pretrained.state_dict()[key], rtol=0, atol=0, msg=key)
+
+
+def test_checkpoint_follows_the_umask(trained, tmp_path):
+    import os
+    import stat
+
+    from edgekit.training.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(trained["checkpoint"])
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "model.pt", ckpt)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_model_that_predicts_one_class_gets_a_warning():
+    from edgekit.spec import ModelSpec
+    from edgekit.training.trainer import collapse_warnings
+
+    spec = ModelSpec(arch="mobilenet_v2", labels=("cat", "dog", "owl"), input_size=(32, 32))
+    one_class = np.tile([0.1, 2.0, 0.3], (50, 1))
+    assert "predicts 'dog' for every one of the 50 test images" in collapse_warnings(one_class, spec)[0]
+    assert collapse_warnings(np.eye(3)[[0, 1, 2, 1]], spec) == []

@@ -44,6 +44,12 @@ def torch_versions() -> dict[str, str]:
     return {"edgekit": edgekit.__version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     import torch
@@ -59,6 +65,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
                "state_dict": ckpt.state_dict, "history": ckpt.history, "metrics": ckpt.metrics}
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is as readable as any file the user writes
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,9 +1,10 @@
 """`edgekit train`: fit a registered classifier on an image data set and report test metrics.
 
-Recipe: Adam, ReduceLROnPlateau on the validation loss, early stopping, seeded. With pretrained weights
-the fit has two stages: the head alone on a frozen backbone, then the last N backbone blocks too at a
-lower learning rate, with their BatchNorm layers kept in eval mode (small data sets would otherwise
-wreck the ImageNet statistics).
+Recipe: Adam, ReduceLROnPlateau on the validation loss (or a cosine decay), early stopping, seeded. With
+pretrained weights the fit has two stages: the head alone on a frozen backbone, then the last N backbone
+blocks too at a lower learning rate. In both stages the backbone's BatchNorm layers stay in eval mode:
+a frozen layer's running statistics would otherwise still be overwritten by every training batch (small
+data sets would wreck the ImageNet statistics).
 """
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec) -> lis
             epoch += 1
             start = time.perf_counter()
             tr_loss, tr_acc, _, _ = run_epoch(model, loaders["train"], loss_fn, spec.binary, optimizer,
-                                              freeze_bn=stage == "finetune", desc=f"epoch {epoch} {stage}")
+                                              freeze_bn=stage != "all", desc=f"epoch {epoch} {stage}")
             va_loss, va_acc = (run_epoch(model, loaders["val"], loss_fn, spec.binary, desc="val")[:2]
                                if loaders.get("val") else (tr_loss, tr_acc))
             if cfg.schedule == "plateau":
@@ -220,6 +221,17 @@ def _scheduler(optimizer, cfg: TrainConfig, epochs: int):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=cfg.lr_patience)
+
+
+def collapse_warnings(logits: np.ndarray, spec: ModelSpec) -> list[str]:
+    """A model that gives every test image the same class learned nothing usable, whatever its accuracy
+    says (on a data set where one class dominates, that can look respectable)."""
+    preds = (logits.reshape(-1) > 0).astype(int) if spec.binary else logits.argmax(1)
+    classes = np.unique(preds)
+    if len(preds) and len(classes) == 1 and len(spec.labels) > 1:
+        return [f"the model predicts {spec.labels[int(classes[0])]!r} for every one of the {len(preds)} test "
+                "images: training collapsed to one class (check the data, the learning rate, the class balance)"]
+    return []
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -264,9 +276,13 @@ def train(cfg: TrainConfig) -> dict:
     train_seconds = time.perf_counter() - start
     _, _, logits, labels = run_epoch(model, loaders["test"], make_loss(cfg, spec, table), spec.binary, desc="test")
     report = classification_report(labels, logits, spec.labels, spec.binary)
+    report["warnings"] = collapse_warnings(logits, spec)
+    for warning in report["warnings"]:
+        log.warning("%s", warning)
     report.update(train_seconds=train_seconds, skipped_images=len(table.skipped), config=asdict(cfg))
     model_info = {"arch": cfg.model, "head": asdict(HeadConfig(cfg.dropout, cfg.hidden))}
     path = save_checkpoint(out / "model.pt", Checkpoint(spec, model_info, model.state_dict(), history, report))
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_curves(history, out / "curves.png")
-    return {"checkpoint": path, "report": report, "table": format_report(report), "history": history}
+    table_text = "\n".join([format_report(report), *(f"warning: {w}" for w in report["warnings"])])
+    return {"checkpoint": path, "report": report, "table": table_text, "history": history}
