@@ -19,9 +19,9 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from edgekit.training.checkpoint import load_checkpoint
-    from edgekit.training.data import test_subset
-    from edgekit.training.quantize import checkpoint_data, load_model
+    from edgekit.models.checkpoint import load_checkpoint
+    from edgekit.core.data import test_subset
+    from edgekit.models.loading import checkpoint_data, load_model
 
     defaults = ["runs/fashion_mnist/model.pt", "runs/fashion_mnist/export/model.onnx", "/usr/share/datasets/fashion-mnist"]
     ckpt_path, onnx_path, data = sys.argv[1:4] + defaults[len(sys.argv[1:4]):]

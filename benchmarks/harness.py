@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgekit.errors import BadInputError, EdgekitError
+from edgekit.core.errors import BadInputError, EdgekitError
 from edgekit.runtimes.base import FORMAT_RUNTIMES, RuntimeOptions, detect_format, model_size_bytes, resolve_runtime
 
 # The framework each backend needs, and the extra that installs it.
@@ -56,7 +56,7 @@ def environment(argv: list[str] | None = None) -> dict:
     """What made the numbers: CPU, cores, ISA flags, OS, Python, package versions and the command."""
     from importlib import metadata
 
-    from edgekit.hardware import cpu_flags
+    from edgekit.core.hardware import cpu_flags
 
     model = platform.processor() or platform.machine()
     try:
@@ -272,7 +272,7 @@ def plot(result: dict, path: Path) -> None:
     try:
         import matplotlib
     except ImportError as exc:
-        from edgekit.errors import MissingExtraError
+        from edgekit.core.errors import MissingExtraError
 
         raise MissingExtraError("matplotlib", "train", "the benchmark plot") from exc
     matplotlib.use("Agg")

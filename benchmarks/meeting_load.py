@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.edge_apps import protocol as p
-from edgekit.hardware import current_rss_mb
+from edgekit.core.hardware import current_rss_mb
 
 MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 

@@ -13,8 +13,8 @@ trap 'rm -rf "$WORK"' EXIT
 python - "$EXPORT" "$DATA" "$WORK" <<'PY'
 import sys, numpy as np, onnxruntime as ort
 from pathlib import Path
-from edgekit.export.artifacts import read_sidecar
-from edgekit.training.data import load_table, test_subset
+from edgekit.core.artifacts import read_sidecar
+from edgekit.core.data import load_table, test_subset
 export, data, work = map(Path, sys.argv[1:])
 table = load_table(str(data))
 idx = test_subset(table, 1000)

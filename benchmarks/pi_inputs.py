@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cv2
 
-from edgekit.training.data import load_table
+from edgekit.core.data import load_table
 
 video_path, data, bundle = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 video = cv2.VideoCapture(video_path)

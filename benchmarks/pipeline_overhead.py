@@ -60,7 +60,7 @@ def model_only_fps(model: str, clip: Path, threads: int, seconds: float = 5.0) -
     import numpy as np
 
     from edgekit.runtimes import RuntimeOptions, load_runtime
-    from edgekit.spec import preprocess
+    from edgekit.core.spec import preprocess
 
     ok, frame = cv2.VideoCapture(str(clip)).read()
     runtime = load_runtime(model, None, RuntimeOptions(threads=threads))

@@ -12,8 +12,8 @@ from dataclasses import asdict
 
 
 def main() -> None:
-    from edgekit.training.checkpoint import Checkpoint, save_checkpoint
-    from edgekit.training.models import HeadConfig, build_model
+    from edgekit.models.checkpoint import Checkpoint, save_checkpoint
+    from edgekit.models.registry import HeadConfig, build_model
     from edgekit.training.trainer import TrainConfig, load_data, make_spec
 
     arch, size, data, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]

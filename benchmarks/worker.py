@@ -4,7 +4,7 @@ A fresh process per row keeps rows honest: peak RSS belongs to one runtime (torc
 thread settings cannot leak from one framework to the next, and a crash becomes a failed row instead of
 ending the run. The result is one JSON object on the last line of stdout.
 
-Protocol (DESIGN.md section 4, MLPerf single stream): import, create the session, time the first
+Protocol (docs/architecture.md "Measuring", MLPerf single stream): import, create the session, time the first
 inference, warm up, then time back-to-back inferences until BOTH ``min_runs`` and ``min_seconds`` are
 reached. Peak RSS is read before any data set is loaded, so it is the runtime's footprint, not the data's.
 """
@@ -17,8 +17,8 @@ import traceback
 
 import numpy as np
 
-from edgekit.errors import BadInputError, EdgekitError
-from edgekit.hardware import peak_rss_mb
+from edgekit.core.errors import BadInputError, EdgekitError
+from edgekit.core.hardware import peak_rss_mb
 
 
 def timing_input(spec, batch: int, seed: int = 0) -> np.ndarray:
@@ -52,7 +52,7 @@ def evaluation_set(data: str, spec, images: int, seed: int):
         x = arrays["x"][: images or None]
         labels = arrays["y"][: images or None] if "y" in arrays else None
         return (lambda start, stop: x[start:stop]), len(x), labels
-    from edgekit.training.data import assign_splits, load_table, test_subset
+    from edgekit.core.data import assign_splits, load_table, test_subset
 
     table = load_table(data)
     # The training defaults (seed 0, 10 % val, 20 % test): the split `edgekit train` made. Data sets with
@@ -73,7 +73,7 @@ def run_job(job: dict) -> dict:
     from pathlib import Path
 
     from edgekit.runtimes.base import RuntimeOptions, runtime_class
-    from edgekit.training.metrics import predictions
+    from edgekit.core.metrics import predictions
 
     options = RuntimeOptions(**{**job["options"], "providers": tuple(job["options"]["providers"])})
     result: dict = {"status": "ok"}

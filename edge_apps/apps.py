@@ -22,8 +22,8 @@ import numpy as np
 
 from edgekit.edge_apps.faces import Box, HaarEyeDetector, largest
 from edgekit.edge_apps.smoothing import Smoother, probabilities
-from edgekit.errors import BadInputError
-from edgekit.spec import preprocess
+from edgekit.core.errors import BadInputError
+from edgekit.core.spec import preprocess
 
 # State Farm Distracted Driver Detection: folder names c0..c9 and what they mean.
 DRIVER_CLASSES = {

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.edge_apps.faces import HaarFaceDetector, largest
-from edgekit.errors import BadInputError
+from edgekit.core.errors import BadInputError
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm"}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import BadInputError
+from edgekit.core.errors import BadInputError
 
 
 @dataclass(frozen=True)

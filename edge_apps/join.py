@@ -20,7 +20,7 @@ from edgekit.edge_apps import protocol as p
 from edgekit.edge_apps.apps import Analysis
 from edgekit.edge_apps.meeting import JoinRefused, MeetingClient
 from edgekit.edge_apps.sources import Frame, FrameSource
-from edgekit.errors import BadInputError
+from edgekit.core.errors import BadInputError
 
 log = logging.getLogger("edgekit.join")
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgekit.edge_apps import protocol as p
-from edgekit.errors import BadInputError
-from edgekit.hardware import current_rss_mb, peak_rss_mb
+from edgekit.core.errors import BadInputError
+from edgekit.core.hardware import current_rss_mb, peak_rss_mb
 
 log = logging.getLogger("edgekit.meeting")
 TILE_W, TILE_H, PANEL_W = 240, 180, 320

@@ -27,8 +27,8 @@ import numpy as np
 
 from edgekit.edge_apps.apps import Analysis, Timer
 from edgekit.edge_apps.sources import Frame, FrameSource
-from edgekit.errors import BadInputError
-from edgekit.hardware import peak_rss_mb
+from edgekit.core.errors import BadInputError
+from edgekit.core.hardware import peak_rss_mb
 
 
 @dataclass

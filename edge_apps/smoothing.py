@@ -12,7 +12,7 @@ from collections import deque
 
 import numpy as np
 
-from edgekit.errors import BadInputError
+from edgekit.core.errors import BadInputError
 
 
 class Smoother:

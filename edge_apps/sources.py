@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgekit.errors import BadInputError
+from edgekit.core.errors import BadInputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 

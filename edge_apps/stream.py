@@ -12,7 +12,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from edgekit.errors import BadInputError
+from edgekit.core.errors import BadInputError
 
 BOUNDARY = "edgekitframe"
 

@@ -3,66 +3,13 @@
 Commands are thin: build a config, call one library function, print the result. Heavy imports (torch,
 onnxruntime, openvino) happen inside command bodies, so `edgekit --help` starts in a blink and works on a
 device without torch. Errors from edgekit arrive as one line and a non-zero exit; `-v` shows tracebacks.
+The group and its error handling are in edgekit.group, the subcommands in edgekit.commands.
 """
 from __future__ import annotations
 
-import logging
-import sys
-
-import click
-
-from edgekit import __version__
-from edgekit.errors import EdgekitError
-
-log = logging.getLogger("edgekit")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s")
-    for noisy in ("matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-class EdgekitGroup(click.Group):
-    """Turns EdgekitError into one clean line (and the documented exit code) unless -v is given."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EdgekitError as exc:
-            if ctx.obj and ctx.obj.get("verbose"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-
-@click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="edgekit")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks.")
-@click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
-    """edgekit: train, quantize and deploy small vision models on CPUs and Raspberry Pis.
-
-    \b
-    Start with:   edgekit demo
-    Train:        edgekit train --data DIR_OR_CSV --model mobilenet_v2
-    Quantize:     edgekit quantize runs/train/model.pt --data DIR_OR_CSV
-    Export:       edgekit export runs/train/model.pt --format onnx --int8 [--bundle pi]
-    Compare:      edgekit bench model.onnx model_int8.onnx
-    Camera:       edgekit run --model model_int8.onnx --source 0 --serve :8080
-    Meeting:      edgekit serve  /  edgekit join --server HOST:7700 --name NAME --model M.onnx
-    """
-    ctx.obj = {"verbose": verbose}
-    _setup_logging(verbose)
+from edgekit import commands  # noqa: F401  (registers the subcommands on the group)
+from edgekit.group import cli
 
 
 def main() -> None:
     cli(prog_name="edgekit")
-
-
-# Commands live in their own modules and register themselves on `cli`.
-from edgekit import commands  # noqa: E402,F401  (import for registration)

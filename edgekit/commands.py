@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli import cli
-from edgekit.errors import BadInputError, require
+from edgekit.group import cli
+from edgekit.core.errors import BadInputError, require
 
 
 def _ctrl_c_interrupts() -> None:
@@ -211,7 +211,7 @@ def verify(models: tuple[str, ...], reference: str, data: str | None, images: in
     _need_torch()
     from edgekit.export.verify import VerificationFailed, failures
     from edgekit.export.verify import verify as run_verify
-    from edgekit.training.checkpoint import load_checkpoint
+    from edgekit.models.checkpoint import load_checkpoint
 
     if data is None:
         data = load_checkpoint(reference).metrics.get("config", {}).get("data")

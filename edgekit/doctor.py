@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edgekit.hardware import cpu_flags, is_arm
+from edgekit.core.hardware import cpu_flags, is_arm
 
 # ARM "CPU part" codes (/proc/cpuinfo) of the cores found in Raspberry Pis and similar boards.
 ARM_CORES = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
@@ -41,7 +41,7 @@ def _cpuinfo_field(*keys: str) -> str | None:
 
 
 def int8_advice(flags: frozenset[str], arm: bool, core: str | None = None) -> Check:
-    """What the instruction set means for INT8 speed (DESIGN.md section 4, "known physics")."""
+    """What the instruction set means for INT8 speed (docs/architecture.md, "Measuring")."""
     if arm:
         name = core or "this ARM core"
         if "i8mm" in flags:
@@ -97,7 +97,7 @@ def _model(path: str, runtime: str | None) -> list[Check]:
 
     import numpy as np
 
-    from edgekit.errors import EdgekitError
+    from edgekit.core.errors import EdgekitError
     from edgekit.runtimes.base import load_runtime
 
     try:

@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from edgekit.errors import BadInputError
+from edgekit.core.errors import BadInputError
 
 DEVICE_PACKAGES = ("onnxruntime", "numpy", "opencv-python-headless", "click", "tqdm")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekit.errors import BadInputError, UnknownNameError
-from edgekit.export.artifacts import Artifact, write_sidecar
+from edgekit.core.errors import BadInputError, UnknownNameError
+from edgekit.core.artifacts import Artifact, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,14 @@ class ExportJob:
     """Shared state of one export: the loaded checkpoint, a work folder, and lazily built intermediates."""
 
     def __init__(self, cfg: ExportConfig, stage: Path, work: Path):
-        from edgekit.training.checkpoint import load_checkpoint
+        from edgekit.models.checkpoint import load_checkpoint
 
         self.cfg, self.stage, self.work = cfg, stage, work
         self.ckpt = load_checkpoint(cfg.checkpoint)
         if self.ckpt.spec.precision != "fp32":
             raise BadInputError(f"{cfg.checkpoint} is {self.ckpt.spec.precision}; export the FP32 checkpoint "
                                 "(add --int8 for INT8 artifacts)")
-        from edgekit.spec import sha256_file
+        from edgekit.core.spec import sha256_file
 
         spec = self.ckpt.spec.replace(source_checkpoint_sha256=sha256_file(cfg.checkpoint))
         if cfg.bake_preprocess:
@@ -80,7 +80,7 @@ class ExportJob:
     def table(self):
         """The data for calibration: --data, else the folder the checkpoint was trained on."""
         if self._table is None:
-            from edgekit.training.quantize import checkpoint_data
+            from edgekit.models.loading import checkpoint_data
 
             data = data_source(self.cfg, self.ckpt)
             if data is None:
@@ -90,7 +90,7 @@ class ExportJob:
 
     def calibration(self):
         """The shared calibration iterator (same images and preprocessing for every INT8 route) and its audit."""
-        from edgekit.training.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
+        from edgekit.core.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
 
         cfg = self.cfg
         if cfg.calib_size < cfg.calib_batch:
@@ -105,7 +105,7 @@ class ExportJob:
     def fp32_onnx(self) -> Path:
         if self._fp32_onnx is None:
             from edgekit.export.onnx_format import BakedPreprocess, export_fp32
-            from edgekit.training.quantize import load_model
+            from edgekit.models.loading import load_model
 
             model = load_model(self.ckpt)
             if self.cfg.bake_preprocess:

@@ -15,9 +15,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from edgekit.errors import BadInputError, require
-from edgekit.export.artifacts import METADATA_KEY
-from edgekit.spec import ModelSpec
+from edgekit.core.errors import BadInputError, require
+from edgekit.core.artifacts import METADATA_KEY
+from edgekit.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,8 @@ class _BatchReader:
 
 
 def int8_defaults() -> dict:
-    """Activation type and reduce_range for this CPU (see edgekit.hardware and DESIGN.md section 6)."""
-    from edgekit.hardware import has_int8_dot_product
+    """Activation type and reduce_range for this CPU (see edgekit.core.hardware and docs/architecture.md, "Measuring")."""
+    from edgekit.core.hardware import has_int8_dot_product
 
     return {"activation_type": "u8", "reduce_range": not has_int8_dot_product()}
 

@@ -20,10 +20,10 @@ from typing import Iterable
 
 import numpy as np
 
-from edgekit.errors import require
-from edgekit.spec import ModelSpec
+from edgekit.core.artifacts import METADATA_KEY, RT_INFO_PATH, rt_info_spec
+from edgekit.core.errors import require
+from edgekit.core.spec import ModelSpec
 
-RT_INFO_PATH = ["edgekit", "spec"]
 
 
 def _save(model, spec: ModelSpec, xml_path: Path, fp16: bool) -> list[Path]:
@@ -31,7 +31,7 @@ def _save(model, spec: ModelSpec, xml_path: Path, fp16: bool) -> list[Path]:
     rt_info = model.get_rt_info()
     # convert_model copies the ONNX metadata_props into rt_info "framework": the FP32 ONNX's spec, stale in
     # an FP16 or INT8 IR. The spec lives under edgekit/spec.
-    if "framework" in rt_info.keys() and set(rt_info["framework"].keys()) <= {"edgekit.spec"}:
+    if "framework" in rt_info.keys() and set(rt_info["framework"].keys()) <= {METADATA_KEY}:
         del rt_info["framework"]
     share_identical_constants(model)
     model.set_rt_info(spec.to_json(), RT_INFO_PATH)
@@ -94,13 +94,6 @@ def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterabl
                               preset=nncf.QuantizationPreset.PERFORMANCE,
                               fast_bias_correction=bias_correction == "fast")
     return _save(quantized, spec, xml_path, fp16=False)
-
-
-def rt_info_spec(model) -> ModelSpec | None:
-    """The spec export wrote into an ``openvino.Model``'s rt_info, if any."""
-    if not model.has_rt_info(RT_INFO_PATH):
-        return None
-    return ModelSpec.from_json(model.get_rt_info(RT_INFO_PATH).astype(str))
 
 
 def read_rt_info_spec(xml_path: str | Path) -> ModelSpec | None:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import BadInputError, EdgekitError
+from edgekit.core.errors import BadInputError, EdgekitError
 from edgekit.runtimes.base import load_runtime
-from edgekit.training.data import test_subset
+from edgekit.core.data import test_subset
 
 # fp32: logits must match elementwise within atol + rtol * |reference| (numpy.allclose's rule: two
 # correct FP32 kernels sum in different orders, so large logits differ more in absolute terms);
@@ -51,7 +51,7 @@ class Row:
 
 
 def compare(reference: np.ndarray, rows: list[Row], labels: np.ndarray | None, binary: bool) -> None:
-    from edgekit.training.metrics import predictions
+    from edgekit.core.metrics import predictions
 
     ref_pred = predictions(reference, binary)
     ref_acc = float((ref_pred == labels).mean()) if labels is not None else None
@@ -88,8 +88,8 @@ def failures(rows: list[Row]) -> list[Row]:
 def verify(models: list[Path], reference_checkpoint: Path, data: str, images: int = 1000,
            seed: int = 0) -> tuple[list[Row], str]:
     """Run everything on the same held-out images; returns the rows and a printable table."""
-    from edgekit.training.checkpoint import load_checkpoint
-    from edgekit.training.quantize import checkpoint_data, load_model, run_model
+    from edgekit.models.checkpoint import load_checkpoint
+    from edgekit.models.loading import checkpoint_data, load_model, run_model
 
     ckpt = load_checkpoint(reference_checkpoint)
     if ckpt.spec.precision != "fp32":
@@ -113,7 +113,7 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
         rows.append(Row(path.name, spec.precision, runtime.infer(table.inputs(indices, spec))))
         runtime.close()
     compare(reference, rows[1:], labels, ckpt.spec.binary)
-    from edgekit.training.metrics import predictions
+    from edgekit.core.metrics import predictions
 
     rows[0].accuracy = float((predictions(reference, ckpt.spec.binary) == labels).mean())
     return rows, format_rows(rows, len(indices))

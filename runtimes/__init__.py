@@ -2,7 +2,7 @@
 
     from edgekit.runtimes import load_runtime, RuntimeOptions
     rt = load_runtime("model.onnx", options=RuntimeOptions(threads=2))
-    logits = rt.infer(batch)          # batch preprocessed with edgekit.spec.preprocess(image, rt.spec)
+    logits = rt.infer(batch)          # batch preprocessed with edgekit.core.spec.preprocess(image, rt.spec)
 
 Backends are imported on first use (see base.RUNTIMES); importing this package imports no ML framework.
 """

@@ -14,8 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from edgekit.errors import BadInputError, UnknownNameError
-from edgekit.spec import ModelSpec
+from edgekit.core.errors import BadInputError, UnknownNameError
+from edgekit.core.spec import ModelSpec
 
 # name -> "module:Class"; the module is imported on first use.
 RUNTIMES = {
@@ -148,7 +148,7 @@ def load_runtime(path: str | Path, runtime: str | None = None, options: RuntimeO
 
 def artifact_spec(path: Path, embedded=None) -> ModelSpec:
     """The spec of an exported model: its sidecar, else ``embedded()`` (the copy inside the file)."""
-    from edgekit.export.artifacts import read_sidecar, sidecar_path
+    from edgekit.core.artifacts import read_sidecar, sidecar_path
 
     if sidecar_path(path).is_file():
         return read_sidecar(path)[0]

@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BadInputError, require
-from edgekit.export.artifacts import METADATA_KEY  # where export writes the spec in metadata_props
+from edgekit.core.errors import BadInputError, require
+from edgekit.core.artifacts import METADATA_KEY  # where export writes the spec in metadata_props
 from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_input, run_in_chunks
-from edgekit.spec import ModelSpec
+from edgekit.core.spec import ModelSpec
 
 
 def _load_errors() -> tuple[type, ...]:

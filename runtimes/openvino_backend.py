@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BadInputError, require
-from edgekit.export.openvino_format import rt_info_spec
+from edgekit.core.errors import BadInputError, require
+from edgekit.core.artifacts import rt_info_spec
 from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_input, run_in_chunks
-from edgekit.spec import ModelSpec
+from edgekit.core.spec import ModelSpec
 
 
 class OpenVINORuntime:

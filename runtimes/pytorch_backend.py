@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import require
+from edgekit.core.errors import require
 from edgekit.runtimes.base import RuntimeOptions, check_input
 
 
@@ -15,8 +15,8 @@ class PyTorchRuntime:
 
     def load(self, path: Path, options: RuntimeOptions) -> None:
         torch = require("torch", "train", "the PyTorch runtime")
-        from edgekit.training.checkpoint import load_checkpoint
-        from edgekit.training.quantize import load_model
+        from edgekit.models.checkpoint import load_checkpoint
+        from edgekit.models.loading import load_model
 
         if options.threads:
             torch.set_num_threads(options.threads)  # process-wide: torch has no per-model setting
@@ -28,7 +28,7 @@ class PyTorchRuntime:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        from edgekit.training.quantize import quiet_torch_ao
+        from edgekit.models.loading import quiet_torch_ao
 
         check_input(batch, self.spec)
         with torch.inference_mode(), quiet_torch_ao():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import blob_image, write_idx
-from edgekit.errors import BadInputError
-from edgekit.training.data import assign_splits, load_table, read_idx
+from edgekit.core.errors import BadInputError
+from edgekit.core.data import assign_splits, load_table, read_idx
 
 
 def test_idx_round_trip_plain_and_gzip(tmp_path):
@@ -78,7 +78,7 @@ def test_group_split_never_puts_one_person_in_two_splits(tmp_path):
 
 
 def test_stratified_split_keeps_class_balance():
-    from edgekit.training.data import ImageTable
+    from edgekit.core.data import ImageTable
 
     labels = np.repeat(np.arange(4), 50)
     table = ImageTable(labels=labels, class_names=tuple("abcd"), color="GRAY",

@@ -27,7 +27,7 @@ def test_every_artifact_is_written_with_its_sidecar_and_verified(exported):
 def test_onnx_metadata_and_openvino_rt_info_carry_the_spec(exported, trained):
     from edgekit.export.onnx_format import read_metadata_spec
     from edgekit.export.openvino_format import read_rt_info_spec
-    from edgekit.training.checkpoint import load_checkpoint
+    from edgekit.models.checkpoint import load_checkpoint
 
     out, _ = exported
     labels = load_checkpoint(trained["checkpoint"]).spec.labels
@@ -66,10 +66,10 @@ def test_onnx_is_pinned_and_int8_is_qdq_and_small(exported):
 
 
 def test_onnx_runs_without_torch_and_predicts_like_pytorch(exported, trained, mini_data):
-    from edgekit.spec import preprocess
-    from edgekit.training.checkpoint import load_checkpoint
-    from edgekit.training.data import load_table
-    from edgekit.training.quantize import load_model, run_model
+    from edgekit.core.spec import preprocess
+    from edgekit.models.checkpoint import load_checkpoint
+    from edgekit.core.data import load_table
+    from edgekit.models.loading import load_model, run_model
 
     out, _ = exported
     ckpt = load_checkpoint(trained["checkpoint"])
@@ -80,8 +80,8 @@ def test_onnx_runs_without_torch_and_predicts_like_pytorch(exported, trained, mi
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any torch import now fails
         "import json, numpy as np, onnxruntime as ort\n"
-        "from edgekit.spec import ModelSpec, preprocess\n"
-        "from edgekit.training.data import load_table\n"
+        "from edgekit.core.spec import ModelSpec, preprocess\n"
+        "from edgekit.core.data import load_table\n"
         f"spec = ModelSpec.from_dict(json.load(open({str(out / 'model.onnx.edgekit.json')!r}))['spec'])\n"
         f"table = load_table({str(mini_data)!r})\n"
         "session = ort.InferenceSession(" + repr(str(out / "model.onnx")) + ", providers=['CPUExecutionProvider'])\n"
@@ -97,8 +97,8 @@ def test_onnx_runs_without_torch_and_predicts_like_pytorch(exported, trained, mi
 def test_baked_preprocessing_equals_python_preprocessing(trained, tmp_path):
     import onnxruntime as ort
 
-    from edgekit.spec import preprocess
-    from edgekit.training.checkpoint import load_checkpoint
+    from edgekit.core.spec import preprocess
+    from edgekit.models.checkpoint import load_checkpoint
 
     export(ExportConfig(checkpoint=str(trained["checkpoint"]), out=str(tmp_path), bake_preprocess=True,
                         input_color="BGR", dynamic_batch=True, verify=False))
@@ -118,11 +118,11 @@ def test_baked_preprocessing_equals_python_preprocessing(trained, tmp_path):
 
 @pytest.mark.parametrize("input_color", ["BGR", "RGB"])
 def test_baked_module_reproduces_preprocess_exactly(input_color):
-    """The in-graph steps alone (identity network): same tensor as edgekit.spec.preprocess, colour order included."""
+    """The in-graph steps alone (identity network): same tensor as edgekit.core.spec.preprocess, colour order included."""
     import torch
 
     from edgekit.export.onnx_format import BakedPreprocess
-    from edgekit.spec import ModelSpec, preprocess
+    from edgekit.core.spec import ModelSpec, preprocess
 
     spec = ModelSpec(arch="x", labels=("a", "b"), input_size=(8, 8))
     frames = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
@@ -260,7 +260,7 @@ def test_openvino_int8_records_its_nncf_recipe(exported):
 @pytest.mark.parametrize("field, value", [("ov_int8", "bogus"), ("ov_bias_correction", "quick"),
                                           ("calib_method", "foo"), ("activation_type", "u4")])
 def test_export_config_refuses_unknown_names_before_any_work(trained, field, value):
-    from edgekit.errors import UnknownNameError
+    from edgekit.core.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match=repr(value)):
         ExportConfig(checkpoint=str(trained["checkpoint"]), **{field: value})

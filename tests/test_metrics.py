@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from edgekit.training.metrics import average_precision, classification_report, confusion_matrix, roc_auc
+from edgekit.core.metrics import average_precision, classification_report, confusion_matrix, roc_auc
 
 
 @pytest.fixture(scope="module")

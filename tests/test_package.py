@@ -21,20 +21,21 @@ def wheel(tmp_path_factory):
 
 def test_wheel_contains_the_namespace_and_embedded_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("edgekit/cli.py", "edgekit/spec.py", "edgekit/training/trainer.py",
+    for module in ("edgekit/cli.py", "edgekit/core/spec.py", "edgekit/models/loading.py", "edgekit/training/trainer.py",
                    "edgekit/training/quantize.py", "edgekit/export/__init__.py", "edgekit/runtimes/__init__.py",
                    "edgekit/edge_apps/__init__.py", "edgekit/benchmarks/__init__.py"):
         assert module in names, module
     data = [n for n in names if n.startswith("edgekit/data/fashion-mnist-mini/")]
     assert any(n.endswith("t10k-images-idx3-ubyte.gz") for n in data) and any(n.endswith("README.md") for n in data)
     assert not any(n.startswith(("training/", "export/", "tests/")) for n in names), "generic top-level names"
+    assert not any(n.startswith("edgekit/tests/") for n in names), "the test suite is not shipped to devices"
 
 
 def test_installed_wheel_imports_and_finds_its_data(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    code = ("import edgekit, edgekit.training.data as d, edgekit.training.demo as demo\n"
+    code = ("import edgekit, edgekit.core.data as d, edgekit.training.demo as demo\n"
             "table = d.load_table(demo.embedded_dataset())\n"
             "print(edgekit.__file__)\nprint(len(table))\n")
     env = {**os.environ, "PYTHONPATH": str(target)}

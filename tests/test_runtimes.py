@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from edgekit.errors import BadInputError, UnknownNameError
+from edgekit.core.errors import BadInputError, UnknownNameError
 from edgekit.runtimes import RuntimeOptions, detect_format, load_runtime
 
 
 def real_batch(mini_data, spec, count=16):
-    from edgekit.spec import preprocess
-    from edgekit.training.data import load_table
+    from edgekit.core.spec import preprocess
+    from edgekit.core.data import load_table
 
     table = load_table(mini_data)
     return np.stack([preprocess(table.image(i), spec, table.color) for i in table.indices("test")[:count]])
@@ -116,7 +116,7 @@ def test_wrong_runtime_shape_and_names(exported):
 def test_missing_backend_names_the_extra(exported):
     out, _ = exported
     proc = run_python("import sys; sys.modules['openvino'] = None\n"
-                      "from edgekit.errors import MissingExtraError\n"
+                      "from edgekit.core.errors import MissingExtraError\n"
                       "from edgekit.runtimes import load_runtime\n"
                       "try:\n"
                       f"    load_runtime({str(out / 'model.xml')!r})\n"

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from edgekit.errors import BadInputError
-from edgekit.spec import FASHION_MNIST_LABELS, ModelSpec, preprocess
+from edgekit.core.errors import BadInputError
+from edgekit.core.spec import FASHION_MNIST_LABELS, ModelSpec, preprocess
 
 
 def make_spec(**changes):

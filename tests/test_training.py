@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgekit.errors import BadInputError
-from edgekit.training.checkpoint import load_checkpoint
-from edgekit.training.quantize import load_model, quantize_dynamic, run_model
+from edgekit.core.errors import BadInputError
+from edgekit.models.checkpoint import load_checkpoint
+from edgekit.models.loading import load_model, quantize_dynamic, run_model
 
 
 def test_training_writes_checkpoint_metrics_and_curves(trained):
@@ -33,8 +33,8 @@ def test_spec_round_trips_through_the_checkpoint(trained):
 
 def test_reloaded_fp32_model_reproduces_training_logits(trained, mini_data):
     """The checkpoint alone (spec + weights) gives back the test accuracy training reported."""
-    from edgekit.spec import preprocess
-    from edgekit.training.data import load_table
+    from edgekit.core.spec import preprocess
+    from edgekit.core.data import load_table
 
     ckpt = load_checkpoint(trained["checkpoint"])
     table = load_table(mini_data)
@@ -132,7 +132,7 @@ def test_checkpoint_follows_the_umask(trained, tmp_path):
     import os
     import stat
 
-    from edgekit.training.checkpoint import save_checkpoint
+    from edgekit.models.checkpoint import save_checkpoint
 
     ckpt = load_checkpoint(trained["checkpoint"])
     old = os.umask(0o022)
@@ -144,7 +144,7 @@ def test_checkpoint_follows_the_umask(trained, tmp_path):
 
 
 def test_a_model_that_predicts_one_class_gets_a_warning():
-    from edgekit.spec import ModelSpec
+    from edgekit.core.spec import ModelSpec
     from edgekit.training.trainer import collapse_warnings
 
     spec = ModelSpec(arch="mobilenet_v2", labels=("cat", "dog", "owl"), input_size=(32, 32))

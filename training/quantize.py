@@ -2,51 +2,29 @@
 
 Why ``torch.ao.quantization`` FX graph mode: in torch 2.14 it is the path that quantizes a stock
 torchvision MobileNet (residual adds, ReLU6, hardswish, SE blocks) without hand-edited model code, fuses
-Conv-BN-ReLU, runs INT8 kernels in eager mode (about 2x faster than FP32 on x86, see DESIGN.md section 6)
+Conv-BN-ReLU, runs INT8 kernels in eager mode (about 2x faster than FP32 on x86, see docs/architecture.md)
 and exports to QDQ ONNX. Its successor, PT2E in ``torchao``, is only fast under ``torch.compile`` and is
-not installed here. torch marks ``torch.ao.quantization`` deprecated and emits a warning per observer
-(~1,800 for MobileNetV2); :func:`quiet_torch_ao` silences exactly those messages, nothing else.
-
-An INT8 checkpoint stores the quantized state dict plus the recipe (engine, mode) in its spec; loading
-rebuilds the float module, replays prepare/convert to get the quantized structure, then loads the weights.
+not installed here. The quantized structure (qconfig, ReLU6 ranges, prepare/convert) is part of the
+checkpoint format and lives in edgekit.models.loading; this module calibrates, saves and compares.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import os
 import platform
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import BadInputError
-from edgekit.training.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
-from edgekit.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from edgekit.core.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
+from edgekit.core.errors import BadInputError
+from edgekit.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from edgekit.models.loading import (checkpoint_data, convert_static, example_input, load_model, prepare_static,
+                                    quantize_dynamic, quiet_torch_ao, run_model)
 
 log = logging.getLogger(__name__)
-
-_TORCH_AO_NOISE = (
-    (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
-    (UserWarning, r"Please use quant_min and quant_max"),
-    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel"),
-    (UserWarning, r"must run observer before calling calculate_qparams"),
-    (UserWarning, r"TypedStorage is deprecated"),
-)
-
-
-@contextlib.contextmanager
-def quiet_torch_ao():
-    """Hide torch.ao's per-call deprecation notices (see module docstring); other warnings still show."""
-    with warnings.catch_warnings():
-        for category, message in _TORCH_AO_NOISE:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        yield
-
 
 @dataclass(frozen=True)
 class QuantizeConfig:
@@ -81,131 +59,6 @@ def resolve_engine(engine: str) -> str:
     return engine
 
 
-def float_model(ckpt: Checkpoint):
-    """The float module of a checkpoint's architecture with its head, weights not loaded."""
-    from edgekit.training.models import HeadConfig, build_model
-
-    return build_model(ckpt.model["arch"], ckpt.spec.num_outputs, HeadConfig(**ckpt.model["head"]), "none").eval()
-
-
-def example_input(spec):
-    import torch
-
-    return torch.zeros(1, spec.channels, *spec.input_size)
-
-
-def qconfig_mapping(engine: str, reduce_range: bool = False):
-    """The engine's default recipe (per-channel symmetric INT8 weights, histogram-calibrated activations,
-    fixed ranges for sigmoid-like ops), with the activation width made explicit.
-
-    torch's x86 default uses 7-bit activations (``reduce_range``) so that AVX2 kernels without VNNI can
-    never saturate their 16-bit intermediate sums. On MobileNetV2 / Fashion-MNIST that costs 0.6 pp of
-    accuracy more than full 8-bit activations (-0.76 vs -0.17 pp, measured on an AVX-512 VNNI Xeon, see
-    benchmarks/results), so full range is our default; on an AVX2-only CPU, compare both with
-    ``--reduce-range`` (the printed FP32 vs INT8 table tells which one wins there).
-    """
-    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import HistogramObserver, default_per_channel_weight_observer
-
-    with quiet_torch_ao():
-        return get_default_qconfig_mapping(engine).set_global(
-            QConfig(activation=HistogramObserver.with_args(reduce_range=reduce_range),
-                    weight=default_per_channel_weight_observer))
-
-
-def clamp_relu6_ranges(prepared) -> int:
-    """Give the observers around every ReLU6 the fixed range [0, 6]; returns how many were changed.
-
-    torch's backends do not fuse Conv-BN-ReLU6; ReLU6 "shares quantization parameters with its input",
-    so the convolution's *pre-activation* range (often -40..+40) would set the scale of a tensor whose
-    useful values lie in [0, 6]. With the range fixed to [0, 6] the quantized convolution's own saturation
-    computes ReLU6 exactly and all 256 levels go to the values that survive it. On MobileNetV2 this alone
-    takes the INT8 accuracy loss from about 3 pp to well under 1 pp.
-    """
-    import torch
-    from torch.ao.quantization.observer import FixedQParamsObserver
-
-    modules = dict(prepared.named_modules(remove_duplicate=False))
-    changed = 0
-    for node in prepared.graph.nodes:
-        is_relu6 = (node.op == "call_module" and isinstance(modules.get(node.target), torch.nn.ReLU6)) or \
-                   (node.op == "call_function" and node.target is torch.nn.functional.relu6)
-        if not is_relu6:
-            continue
-        neighbours = [node.args[0], *node.users]  # the observer before (shared) and after
-        for obs_node in neighbours:
-            observer = modules.get(obs_node.target) if obs_node.op == "call_module" else None
-            if observer is None or not hasattr(observer, "quant_min") or isinstance(observer, FixedQParamsObserver):
-                continue
-            qmin, qmax = observer.quant_min, observer.quant_max
-            fixed = FixedQParamsObserver(scale=6.0 / (qmax - qmin), zero_point=qmin, dtype=observer.dtype,
-                                         quant_min=qmin, quant_max=qmax)
-            # The same observer can sit under several names (shared qparams): replace every alias.
-            for name, module in list(modules.items()):
-                if module is observer:
-                    prepared.set_submodule(name, fixed)
-                    modules[name] = fixed
-            changed += 1
-    return changed
-
-
-def prepare_static(model, spec, engine: str, reduce_range: bool = False):
-    """Fuse Conv-BN(-ReLU), insert observers (FX graph mode) and pin ReLU6 ranges to [0, 6]."""
-    import torch
-    from torch.ao.quantization.quantize_fx import prepare_fx
-
-    torch.backends.quantized.engine = engine
-    with quiet_torch_ao():
-        prepared = prepare_fx(copy.deepcopy(model).eval(), qconfig_mapping(engine, reduce_range),
-                              (example_input(spec),))
-    clamp_relu6_ranges(prepared)
-    return prepared
-
-
-def convert_static(prepared):
-    from torch.ao.quantization.quantize_fx import convert_fx
-
-    with quiet_torch_ao():
-        return convert_fx(prepared)
-
-
-def quantize_dynamic(model):
-    import torch
-    from torch.ao.quantization import quantize_dynamic as ao_dynamic
-
-    with quiet_torch_ao():
-        return ao_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def load_model(ckpt: Checkpoint):
-    """A ready-to-run module for any edgekit checkpoint, FP32 or INT8."""
-    import torch
-
-    model = float_model(ckpt)
-    recipe = ckpt.spec.quantization
-    if recipe.get("scheme") == "pytorch-fx-static":
-        # Replay the structure: observers that never saw data give placeholder qparams, which the
-        # state dict below overwrites with the calibrated ones.
-        model = convert_static(prepare_static(model, ckpt.spec, recipe["engine"], recipe.get("reduce_range", False)))
-    elif recipe.get("scheme") == "pytorch-dynamic":
-        torch.backends.quantized.engine = recipe["engine"]
-        model = quantize_dynamic(model)
-    with quiet_torch_ao():
-        try:
-            model.load_state_dict(ckpt.state_dict)
-        except RuntimeError as exc:
-            raise BadInputError(f"checkpoint weights do not fit its architecture {ckpt.model['arch']}: "
-                                f"{str(exc).splitlines()[0]}") from exc
-    return model.eval()
-
-
-def run_model(model, batches) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode(), quiet_torch_ao():
-        return np.concatenate([model(torch.from_numpy(np.asarray(b))).numpy() for b in batches])
-
-
 def latency_ms(model, spec, min_runs: int = 30, min_seconds: float = 1.0) -> float:
     """Median batch-1 latency after warm-up; a quick side-by-side figure, not the benchmark harness."""
     import torch
@@ -227,19 +80,6 @@ def _test_batches(table, spec, indices: np.ndarray, batch_size: int):
     for start in range(0, len(indices), batch_size):
         part = indices[start:start + batch_size]
         yield table.inputs(part, spec)
-
-
-def checkpoint_data(ckpt: Checkpoint, data: str):
-    """The checkpoint's own data split (same seed and fractions as training), so test means test."""
-    from edgekit.training.trainer import TrainConfig, load_data
-
-    recorded = dict(ckpt.metrics.get("config", {}))
-    recorded.update(data=data, limit=0)
-    table = load_data(TrainConfig(**recorded) if "model" in recorded else TrainConfig(data=data, model=ckpt.model["arch"]))
-    if tuple(table.class_names) != tuple(ckpt.spec.labels):
-        raise BadInputError(f"{data} has classes {list(table.class_names)} but the model was trained on "
-                            f"{list(ckpt.spec.labels)}")
-    return table
 
 
 def _calibrate(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
@@ -266,8 +106,8 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
     """Quantize, save, reload-check, and compare FP32 vs INT8 on the test split."""
     import torch
 
-    from edgekit.spec import sha256_file
-    from edgekit.training.metrics import predictions
+    from edgekit.core.spec import sha256_file
+    from edgekit.core.metrics import predictions
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

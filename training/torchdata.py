@@ -1,6 +1,6 @@
 """torch ``Dataset``/``DataLoader`` over an :class:`ImageTable`.
 
-Every sample goes through :func:`edgekit.spec.preprocess`, the function a deployed model's runtime also
+Every sample goes through :func:`edgekit.core.spec.preprocess`, the function a deployed model's runtime also
 uses, so training, evaluation, calibration and deployment cannot disagree. Augmentation works on the
 uint8 image *before* preprocessing, the way a camera frame would differ.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.spec import ModelSpec, preprocess
-from edgekit.training.data import ImageTable
+from edgekit.core.spec import ModelSpec, preprocess
+from edgekit.core.data import ImageTable
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, shift: float = 0.1, hflip: bool = False) -> np.ndarray:

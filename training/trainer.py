@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import BadInputError
-from edgekit.spec import ModelSpec
-from edgekit.training.checkpoint import Checkpoint, save_checkpoint, torch_versions
-from edgekit.training.data import ImageTable, assign_splits, load_table
-from edgekit.training.metrics import classification_report, format_report
-from edgekit.training.models import HeadConfig, build_model, get_arch
+from edgekit.core.errors import BadInputError
+from edgekit.core.spec import ModelSpec
+from edgekit.models.checkpoint import Checkpoint, save_checkpoint, torch_versions
+from edgekit.core.data import ImageTable, load_split
+from edgekit.core.metrics import classification_report, format_report
+from edgekit.models.registry import HeadConfig, build_model, get_arch
 from edgekit.training.torchdata import make_loader
 
 log = logging.getLogger(__name__)
@@ -82,15 +82,9 @@ def seed_everything(seed: int) -> None:
 
 
 def load_data(cfg: TrainConfig) -> ImageTable:
-    csv_options = {"path_column": cfg.path_column, "label_column": cfg.label_column,
-                   "group_column": cfg.group_column} if str(cfg.data).lower().endswith(".csv") else {}
-    table = load_table(cfg.data, **csv_options)
-    assign_splits(table, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed)
-    if cfg.limit:
-        train = table.indices("train")
-        drop = np.random.default_rng(cfg.seed).permutation(train)[cfg.limit:]
-        table.split[drop] = "unused"
-    return table
+    return load_split(cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
+                      group_column=cfg.group_column, path_column=cfg.path_column, label_column=cfg.label_column,
+                      limit=cfg.limit)
 
 
 def make_spec(cfg: TrainConfig, table: ImageTable) -> ModelSpec:

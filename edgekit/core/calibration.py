@@ -1,7 +1,7 @@
 """The one calibration iterator every INT8 path uses.
 
 It yields plain numpy batches (N x C x H x W float32) from the *training* split, through the model's own
-:func:`~edgekit.spec.preprocess`, in a seeded order. PyTorch PTQ consumes it here; the export issue feeds
+:func:`~edgekit.core.spec.preprocess`, in a seeded order. PyTorch PTQ consumes it here; the export issue feeds
 the same iterator to ONNX Runtime's ``CalibrationDataReader`` and to ``nncf.Dataset``, so every INT8
 artifact sees the same images prepared the same way. :class:`CalibrationAudit` records what was seen.
 """
@@ -13,9 +13,9 @@ from typing import Iterator
 
 import numpy as np
 
-from edgekit.errors import BadInputError
-from edgekit.spec import ModelSpec
-from edgekit.training.data import ImageTable
+from edgekit.core.errors import BadInputError
+from edgekit.core.spec import ModelSpec
+from edgekit.core.data import ImageTable
 
 MIN_RECOMMENDED_SAMPLES = 300
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import BadInputError
-from edgekit.spec import FASHION_MNIST_LABELS, ModelSpec, preprocess
+from edgekit.core.errors import BadInputError
+from edgekit.core.spec import FASHION_MNIST_LABELS, ModelSpec, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,23 @@ def load_table(source: str | Path, **csv_options) -> ImageTable:
         table = load_image_folder(source)
     if table.paths is not None:
         drop_unreadable(table)
+    return table
+
+
+def load_split(source: str | Path, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+               group_column: str | None = None, path_column: str = "path", label_column: str = "label",
+               limit: int = 0) -> ImageTable:
+    """Load a data set and split it by a recipe. The same recipe gives the same split, so evaluation
+    commands rebuild a model's own test split from the recipe its training recorded. ``limit`` keeps at
+    most that many training images (the rest are marked "unused")."""
+    csv_options = {"path_column": path_column, "label_column": label_column,
+                   "group_column": group_column} if str(source).lower().endswith(".csv") else {}
+    table = load_table(source, **csv_options)
+    assign_splits(table, val_fraction, test_fraction, seed=seed)
+    if limit:
+        train = table.indices("train")
+        drop = np.random.default_rng(seed).permutation(train)[limit:]
+        table.split[drop] = "unused"
     return table
 
 

@@ -9,11 +9,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekit.errors import BadInputError
-from edgekit.spec import ModelSpec
+from edgekit.core.errors import BadInputError
+from edgekit.core.spec import ModelSpec
 
 SIDECAR_SUFFIX = ".edgekit.json"
-METADATA_KEY = "edgekit.spec"
+METADATA_KEY = "edgekit.spec"  # ONNX metadata_props key
+RT_INFO_PATH = ["edgekit", "spec"]  # OpenVINO rt_info path
 
 
 @dataclass
@@ -57,3 +58,11 @@ def read_sidecar(model_path: str | Path) -> tuple[ModelSpec, dict]:
     if not isinstance(data, dict) or "spec" not in data:
         raise BadInputError(f"{path} is not an edgekit sidecar (no 'spec')")
     return ModelSpec.from_dict(data["spec"]), data.get("artifact", {})
+
+
+def rt_info_spec(model) -> ModelSpec | None:
+    """The spec export wrote into an ``openvino.Model``'s rt_info, if any (the model object is passed in:
+    this module never imports openvino)."""
+    if not model.has_rt_info(RT_INFO_PATH):
+        return None
+    return ModelSpec.from_json(model.get_rt_info(RT_INFO_PATH).astype(str))

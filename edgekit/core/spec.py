@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BadInputError
+from edgekit.core.errors import BadInputError
 
 SPEC_FORMAT = "edgekit-spec/1"
 COLORS = ("RGB", "BGR", "GRAY")

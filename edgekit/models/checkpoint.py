@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import BadInputError
-from edgekit.spec import ModelSpec
+from edgekit.core.errors import BadInputError
+from edgekit.core.spec import ModelSpec
 
 CHECKPOINT_FORMAT = "edgekit-checkpoint/1"
 # What torch.load raises for a truncated, corrupt or foreign file, across torch versions.

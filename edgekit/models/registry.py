@@ -9,8 +9,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.errors import BadInputError, EdgekitError, UnknownNameError
-from edgekit.training.checkpoint import LOAD_ERRORS
+from edgekit.core.errors import BadInputError, EdgekitError, UnknownNameError
+from edgekit.models.checkpoint import LOAD_ERRORS
 
 log = logging.getLogger(__name__)
 
