@@ -37,11 +37,24 @@ def latency_stats(seconds: list[float], batch: int) -> dict:
             "fps": float(batch * 1e3 / ms.mean())}
 
 
+def evaluation_indices(data: str, spec, images: int, seed: int):
+    """(table, test indices) of an image data set, split by the model's own recipe."""
+    from edgekit.core.data import load_split, test_subset
+
+    # The model's own split recipe, recorded by `edgekit train` (refused when the data is not what it was
+    # trained on); a model without one gets the training defaults (seed 0, 10 % val, 20 % test). Data
+    # sets with their own test split (Fashion-MNIST's t10k files, a test/ folder) use that.
+    table = load_split(data, **spec.split)
+    if tuple(table.class_names) != tuple(spec.labels):
+        raise BadInputError(f"{data} has classes {list(table.class_names)[:5]}... but the model has "
+                            f"{list(spec.labels)[:5]}...")
+    return table, test_subset(table, images, seed)
+
+
 def evaluation_set(data: str, spec, images: int, seed: int):
     """(inputs generator factory, labels) for ``data``: an image data set (its test split) or an .npz
     file with preprocessed inputs ``x`` and optional labels ``y``."""
     from pathlib import Path
-
 
     if str(data).endswith(".npz"):
         if not Path(data).is_file():
@@ -52,16 +65,7 @@ def evaluation_set(data: str, spec, images: int, seed: int):
         x = arrays["x"][: images or None]
         labels = arrays["y"][: images or None] if "y" in arrays else None
         return (lambda start, stop: x[start:stop]), len(x), labels
-    from edgekit.core.data import assign_splits, load_table, test_subset
-
-    table = load_table(data)
-    # The training defaults (seed 0, 10 % val, 20 % test): the split `edgekit train` made. Data sets with
-    # their own test split (Fashion-MNIST's t10k files, a test/ folder) use that.
-    assign_splits(table)
-    if tuple(table.class_names) != tuple(spec.labels):
-        raise BadInputError(f"{data} has classes {list(table.class_names)[:5]}... but the model has "
-                            f"{list(spec.labels)[:5]}...")
-    indices = test_subset(table, images, seed)
+    table, indices = evaluation_indices(data, spec, images, seed)
 
     def inputs(start: int, stop: int) -> np.ndarray:
         return table.inputs(indices[start:stop], spec)

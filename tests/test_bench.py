@@ -141,3 +141,38 @@ def test_a_thread_list_gives_a_row_per_count_and_evaluates_once(exported, mini_d
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
     assert [(r["threads"], r["describe"]["threads"]) for r in rows] == [(1, 1), (2, 2)]
     assert rows[0]["accuracy"] == rows[1]["accuracy"] and rows[1]["eval_images"] == 50
+
+
+def test_bench_evaluates_on_the_models_own_test_split_and_refuses_other_data(image_folder, tmp_path):
+    """A model trained with seed 1 and 15 %/15 % fractions: bench rebuilds exactly its test split (no training
+    image among them; its accuracy equals the one training reported) and refuses data it was not trained on."""
+    import shutil
+
+    from edgekit.benchmarks.worker import evaluation_indices
+    from edgekit.models.checkpoint import load_checkpoint
+    from edgekit.training.trainer import TrainConfig, load_data, train
+
+    cfg = TrainConfig(data=str(image_folder), weights="none", epochs=1, batch_size=16, seed=1, val_fraction=0.15,
+                      test_fraction=0.15, out=str(tmp_path / "model"), threads=2)
+    result = train(cfg)
+    spec = load_checkpoint(result["checkpoint"]).spec
+    assert spec.split["seed"] == 1 and spec.split["test_fraction"] == 0.15 and len(spec.split["fingerprint"]) == 16
+    trained_on = load_data(cfg)
+    _, evaluated = evaluation_indices(str(image_folder), spec, 0, 0)
+    assert set(evaluated) == set(trained_on.indices("test"))
+    assert not set(evaluated) & set(trained_on.indices("train")) and not set(evaluated) & set(trained_on.indices("val"))
+
+    proc = run_cli("bench", str(result["checkpoint"]), "--data", str(image_folder), "--min-runs", "5",
+                   "--min-seconds", "0", "--json", str(tmp_path / "b.json"))
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
+    assert row["accuracy"] == pytest.approx(result["report"]["accuracy"])  # the test split training reported on
+
+    other = tmp_path / "other"
+    shutil.copytree(image_folder, other)
+    (other / "cat" / "000.png").unlink()  # same classes, different images: not the model's data
+    proc = run_cli("bench", str(result["checkpoint"]), "--data", str(other), "--min-runs", "5", "--min-seconds", "0",
+                   "--json", str(tmp_path / "c.json"))
+    assert proc.returncode == 1
+    row = json.loads((tmp_path / "c.json").read_text())["rows"][0]
+    assert row["status"] == "failed" and "is not the data this model was trained on" in row["reason"]

@@ -21,7 +21,7 @@ import numpy as np
 from edgekit.core.errors import BadInputError
 from edgekit.core.spec import ModelSpec
 from edgekit.models.checkpoint import Checkpoint, save_checkpoint, torch_versions
-from edgekit.core.data import ImageTable, load_split
+from edgekit.core.data import SPLIT_KEYS, ImageTable, load_split, split_recipe
 from edgekit.core.metrics import classification_report, format_report
 from edgekit.models.registry import HeadConfig, build_model, get_arch
 from edgekit.training.torchdata import make_loader
@@ -89,8 +89,9 @@ def load_data(cfg: TrainConfig) -> ImageTable:
 
 def make_spec(cfg: TrainConfig, table: ImageTable) -> ModelSpec:
     binary = len(table.class_names) == 2 if cfg.binary is None else cfg.binary
+    recipe = split_recipe(table, **{k: getattr(cfg, k) for k in SPLIT_KEYS})
     return ModelSpec(arch=cfg.model, labels=table.class_names, input_size=(cfg.input_size, cfg.input_size),
-                     binary=binary, versions=torch_versions())
+                     binary=binary, versions=torch_versions(), split=recipe)
 
 
 def make_loss(cfg: TrainConfig, spec: ModelSpec, table: ImageTable):

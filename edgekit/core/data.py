@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
+import json
 import logging
 import struct
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ class ImageTable:
     groups: np.ndarray | None = None  # group id per image (person, subject, clip)
     split: np.ndarray = field(default=None)  # "train" / "val" / "test" per image, or "" if unassigned
     skipped: list[str] = field(default_factory=list)  # unreadable files left out, for the report
+    fingerprint: str = ""  # of the data as loaded, before splitting (see data_fingerprint)
 
     def __post_init__(self) -> None:
         if self.split is None:
@@ -216,21 +219,54 @@ def load_table(source: str | Path, **csv_options) -> ImageTable:
     return table
 
 
+# What a split depends on besides the data: recorded in a model's spec (``ModelSpec.split``) by `edgekit
+# train`, so that every command that evaluates rebuilds exactly that model's test split.
+SPLIT_KEYS = ("val_fraction", "test_fraction", "seed", "group_column", "path_column", "label_column")
+
+
+def data_fingerprint(table: ImageTable) -> str:
+    """A short hash of everything the split depends on in the data itself: class names, labels, groups,
+    the splits the data defines (t10k files, test/ folders) and each image's identity (its pixels for
+    in-memory data, its file name for files). Computed before splitting."""
+    digest = hashlib.sha256(json.dumps(list(table.class_names)).encode())
+    digest.update(np.ascontiguousarray(table.labels, np.int64).tobytes())
+    digest.update("\n".join(map(str, table.split)).encode())
+    if table.groups is not None:
+        digest.update("\n".join(map(str, table.groups)).encode())
+    if table.arrays is not None:
+        digest.update(np.ascontiguousarray(table.arrays).tobytes())
+    else:
+        digest.update("\n".join(p.name for p in table.paths).encode())
+    return digest.hexdigest()[:16]
+
+
 def load_split(source: str | Path, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
                group_column: str | None = None, path_column: str = "path", label_column: str = "label",
-               limit: int = 0) -> ImageTable:
+               limit: int = 0, fingerprint: str | None = None) -> ImageTable:
     """Load a data set and split it by a recipe. The same recipe gives the same split, so evaluation
-    commands rebuild a model's own test split from the recipe its training recorded. ``limit`` keeps at
-    most that many training images (the rest are marked "unused")."""
+    commands rebuild a model's own test split from the recipe its training recorded (``**spec.split``).
+    With ``fingerprint`` (recorded with the recipe), data that is not what the model was trained on is
+    refused: its "test" images could be training images. ``limit`` keeps at most that many training
+    images (the rest are marked "unused")."""
     csv_options = {"path_column": path_column, "label_column": label_column,
                    "group_column": group_column} if str(source).lower().endswith(".csv") else {}
     table = load_table(source, **csv_options)
+    table.fingerprint = data_fingerprint(table)
+    if fingerprint and fingerprint != table.fingerprint:
+        raise BadInputError(f"{source} is not the data this model was trained on (data fingerprint "
+                            f"{table.fingerprint}, the model's split recipe says {fingerprint}): its test split "
+                            "cannot be rebuilt, and accuracy on it could include training images")
     assign_splits(table, val_fraction, test_fraction, seed=seed)
     if limit:
         train = table.indices("train")
         drop = np.random.default_rng(seed).permutation(train)[limit:]
         table.split[drop] = "unused"
     return table
+
+
+def split_recipe(table: ImageTable, **options) -> dict:
+    """The recipe ``load_split(source, **recipe)`` needs to rebuild ``table``'s split (options: SPLIT_KEYS)."""
+    return {**{k: options[k] for k in SPLIT_KEYS}, "fingerprint": table.fingerprint}
 
 
 def test_subset(table: ImageTable, count: int, seed: int = 0) -> np.ndarray:

@@ -60,6 +60,7 @@ class ModelSpec:
     quantization: dict[str, Any] = field(default_factory=dict)
     source_checkpoint_sha256: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)  # the training split recipe (edgekit.core.data.SPLIT_KEYS)
 
     def __post_init__(self) -> None:
         # Frozen dataclasses cannot assign normally; normalise list-valued JSON input to tuples.

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from edgekit.core.data import load_split
+from edgekit.core.data import SPLIT_KEYS, load_split
 from edgekit.core.errors import BadInputError
 from edgekit.models.checkpoint import Checkpoint
 
@@ -169,10 +169,11 @@ def run_model(model, batches) -> np.ndarray:
 
 def checkpoint_data(ckpt: Checkpoint, data: str):
     """The checkpoint's own data split (same seed and fractions as training), so test means test."""
-    recorded = ckpt.metrics.get("config", {})
-    options = {k: recorded[k] for k in ("val_fraction", "test_fraction", "seed", "group_column", "path_column",
-                                         "label_column") if k in recorded}
-    table = load_split(data, **options)
+    if ckpt.spec.split:
+        table = load_split(data, **ckpt.spec.split)
+    else:  # a checkpoint from before specs recorded their split: the training config it saved
+        recorded = ckpt.metrics.get("config", {})
+        table = load_split(data, **{k: recorded[k] for k in SPLIT_KEYS if k in recorded})
     if tuple(table.class_names) != tuple(ckpt.spec.labels):
         raise BadInputError(f"{data} has classes {list(table.class_names)} but the model was trained on "
                             f"{list(ckpt.spec.labels)}")
