@@ -146,17 +146,46 @@ def load_runtime(path: str | Path, runtime: str | None = None, options: RuntimeO
     return instance
 
 
+# The spec fields that decide how inputs are prepared and outputs read: a sidecar and the copy inside the
+# file must agree on them (the quantization notes may differ: a sidecar records more of the recipe).
+DECISIVE_FIELDS = ("labels", "input_size", "channels", "color", "layout", "dtype", "scale", "mean", "std", "binary",
+                   "task")
+
+
 def artifact_spec(path: Path, embedded=None) -> ModelSpec:
-    """The spec of an exported model: its sidecar, else ``embedded()`` (the copy inside the file)."""
+    """The spec of an exported model: its sidecar, else ``embedded()`` (the copy inside the file). A
+    sidecar that contradicts the embedded copy (a stale file left next to a new model) is refused."""
     from edgekit.core.artifacts import read_sidecar, sidecar_path
 
+    inside = embedded() if embedded else None
     if sidecar_path(path).is_file():
-        return read_sidecar(path)[0]
-    spec = embedded() if embedded else None
-    if spec is None:
+        spec = read_sidecar(path)[0]
+        differ = [f for f in DECISIVE_FIELDS if inside is not None and getattr(spec, f) != getattr(inside, f)]
+        if differ:
+            raise BadInputError(f"{sidecar_path(path).name} and the spec inside {path.name} disagree on "
+                                f"{', '.join(differ)} (e.g. {differ[0]}: {getattr(spec, differ[0])!r} vs "
+                                f"{getattr(inside, differ[0])!r}); remove the stale sidecar or export again")
+        return spec
+    if inside is None:
         raise BadInputError(f"{path} carries no edgekit spec (no {sidecar_path(path).name}, nothing in the file); "
                             f"export it with `edgekit export`")
-    return spec
+    return inside
+
+
+def check_graph(path: Path, spec: ModelSpec, input_shape, output_shape) -> None:
+    """The spec against the graph, when the model is loaded: its input size, layout and channels and its
+    number of outputs must agree, or the model is refused with one line before any frame reaches it.
+    Shapes are lists of ints, with None (or a name) for dynamic dimensions."""
+    expected = spec.input_shape()
+    if len(input_shape) != 4 or any(isinstance(g, int) and g != e for g, e in zip(input_shape[1:], expected[1:])):
+        raise BadInputError(f"{path.name}: the graph takes {list(input_shape)} but its spec describes "
+                            f"{list(expected)} ({spec.layout}, {spec.channels} channel(s), "
+                            f"{spec.input_size[0]}x{spec.input_size[1]}); the spec does not fit this model")
+    outputs = output_shape[-1] if len(output_shape) else None
+    if isinstance(outputs, int) and outputs != spec.num_outputs:
+        raise BadInputError(f"{path.name}: the graph gives {outputs} outputs but its spec has {len(spec.labels)} "
+                            f"labels{' (binary: expects 1 logit)' if spec.binary else ''}; the spec does not fit this "
+                            "model")
 
 
 def check_input(batch: np.ndarray, spec: ModelSpec) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgekit.core.errors import BadInputError, require
 from edgekit.core.artifacts import METADATA_KEY  # where export writes the spec in metadata_props
-from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_input, run_in_chunks
+from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_graph, check_input, run_in_chunks
 from edgekit.core.spec import ModelSpec
 
 
@@ -51,6 +51,7 @@ class OnnxRuntime:
         self.spec: ModelSpec = artifact_spec(
             path, lambda: ModelSpec.from_json(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None)
         first = self.session.get_inputs()[0]
+        check_graph(path, self.spec, first.shape, self.session.get_outputs()[0].shape)
         self.input_name = first.name
         self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
 

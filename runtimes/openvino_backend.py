@@ -8,8 +8,14 @@ import numpy as np
 
 from edgekit.core.errors import BadInputError, require
 from edgekit.core.artifacts import rt_info_spec
-from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_input, run_in_chunks
+from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_graph, check_input, run_in_chunks
 from edgekit.core.spec import ModelSpec
+
+
+def _dims(port) -> list:
+    """A port's shape as ints, None for dynamic dimensions ([] when even the rank is dynamic)."""
+    shape = port.get_partial_shape()
+    return [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
 
 
 class OpenVINORuntime:
@@ -26,6 +32,8 @@ class OpenVINORuntime:
         except RuntimeError as exc:
             raise BadInputError(f"OpenVINO cannot read {path}: {str(exc).splitlines()[0][:300]}") from exc
         self.spec: ModelSpec = artifact_spec(path, lambda: rt_info_spec(model))
+        if model.input(0).get_partial_shape().rank.is_static:
+            check_graph(path, self.spec, _dims(model.input(0)), _dims(model.output(0)))
         shape = model.input(0).get_partial_shape()
         if shape.rank.is_static and (shape[0].is_dynamic or shape[0].get_length() != options.batch):
             shape[0] = options.batch  # an IR is compiled for one batch size; the CPU plugin reshapes cheaply

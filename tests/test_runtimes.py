@@ -1,5 +1,7 @@
 """The runtime layer on real exported models: same answers everywhere, lazy imports, torch-free ONNX path,
 thread settings, and one clean line for bad input."""
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -124,3 +126,50 @@ def test_missing_backend_names_the_extra(exported):
                       "    print(exc)\n")
     assert proc.returncode == 0, proc.stderr
     assert 'pip install "edgekit[openvino]"' in proc.stdout
+
+
+@pytest.mark.parametrize("model", ["model.onnx", "model.xml"])
+@pytest.mark.parametrize("change, fragment", [
+    ({"labels": ["a", "b"]}, "the graph gives 10 outputs but its spec has 2 labels"),
+    ({"input_size": [64, 64]}, "the graph takes [1, 3, 32, 32] but its spec describes [1, 3, 64, 64]"),
+])
+def test_a_spec_that_does_not_fit_the_graph_is_refused_at_load(exported, tmp_path, model, change, fragment):
+    """A sidecar and an embedded spec that agree with each other but not with the graph: one clean error."""
+    from edgekit.core.spec import ModelSpec
+    from edgekit.export.onnx_format import set_metadata
+
+    out, _ = exported
+    for name in (model, model.replace(".xml", ".bin")):
+        shutil.copy(out / name, tmp_path / name)
+    sidecar = json.loads((out / f"{model}.edgekit.json").read_text())
+    sidecar["spec"].update(change)
+    (tmp_path / f"{model}.edgekit.json").write_text(json.dumps(sidecar))
+    spec = ModelSpec.from_dict(sidecar["spec"])
+    if model.endswith(".onnx"):  # the copy inside the file must agree too, or the sidecar check fires first
+        import onnx
+
+        proto = onnx.load(str(tmp_path / model))
+        set_metadata(proto, spec)
+        onnx.save(proto, str(tmp_path / model))
+    else:
+        import openvino as ov
+
+        from edgekit.core.artifacts import RT_INFO_PATH
+
+        ir = ov.Core().read_model(str(tmp_path / model))
+        ir.set_rt_info(spec.to_json(), RT_INFO_PATH)
+        ov.save_model(ir, str(tmp_path / "fixed.xml"), compress_to_fp16=False)
+        model = "fixed.xml"
+        (tmp_path / f"{model}.edgekit.json").write_text(json.dumps(sidecar))
+    with pytest.raises(BadInputError, match=re.escape(fragment)):
+        load_runtime(tmp_path / model)
+
+
+def test_a_stale_sidecar_that_contradicts_the_model_is_refused(exported, tmp_path):
+    out, _ = exported
+    shutil.copy(out / "model.onnx", tmp_path / "model.onnx")
+    sidecar = json.loads((out / "model.onnx.edgekit.json").read_text())
+    sidecar["spec"]["labels"] = list(reversed(sidecar["spec"]["labels"]))  # same count, other names
+    (tmp_path / "model.onnx.edgekit.json").write_text(json.dumps(sidecar))
+    with pytest.raises(BadInputError, match="model.onnx.edgekit.json and the spec inside model.onnx disagree on labels"):
+        load_runtime(tmp_path / "model.onnx")
