@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgekit.core import checks
 from edgekit.core.errors import BadInputError, EdgekitError
 from edgekit.runtimes.base import FORMAT_RUNTIMES, RuntimeOptions, detect_format, model_size_bytes, resolve_runtime
 
@@ -27,7 +28,7 @@ ISA_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx
 PACKAGES = ("edgekit", "numpy", "torch", "torchvision", "onnxruntime", "openvino", "nncf", "opencv-python-headless")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchConfig:
     models: tuple[str, ...]
     runtimes: tuple[str, ...] = ()  # empty: each model's natural runtime; "all": every runtime that opens it
@@ -45,10 +46,13 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.models:
             raise BadInputError("give at least one model file")
-        if any(t < 1 for t in self.threads):
-            raise BadInputError("--threads takes counts >= 1, e.g. 1,2")
-        if self.min_runs < 1 or self.min_seconds < 0 or self.warmup < 0:
-            raise BadInputError("--min-runs must be >= 1, --min-seconds and --warmup >= 0")
+        for count in self.threads:
+            checks.threads("--threads", count, allow_default=False)
+        checks.within("--min-runs", self.min_runs, 1, 10**7)
+        checks.within("--min-seconds", self.min_seconds, 0, 86_400)
+        checks.within("--warmup", self.warmup, 0, 10**6)
+        checks.at_least("--images", self.images, 0)
+        checks.within("--timeout", self.timeout, 0, 86_400, low_open=True)
         RuntimeOptions(batch=self.batch, **self.options)  # validate the backend knobs before any row runs
 
 

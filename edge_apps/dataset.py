@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.edge_apps.faces import HaarFaceDetector, largest
+from edgekit.core import checks
 from edgekit.core.errors import BadInputError
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class FaceDatasetConfig:
     videos: str
     labels: str
@@ -34,6 +35,13 @@ class FaceDatasetConfig:
     size: int = 112  # crops are resized to size x size
     margin: float = 0.2
     person_level: int = 2  # DAiSEE: <person>/<clip>/<clip>.avi -> two folders up
+
+    def __post_init__(self) -> None:
+        checks.within("--fps", self.fps, 0, 120, low_open=True)
+        checks.within("--size", self.size, 16, 4096)
+        checks.within("--threshold", self.threshold, 0, 3)
+        checks.within("margin", self.margin, 0, 2)
+        checks.within("--person-level", self.person_level, 0, 16)
 
 
 @dataclass

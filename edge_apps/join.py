@@ -20,12 +20,13 @@ from edgekit.edge_apps import protocol as p
 from edgekit.edge_apps.apps import Analysis
 from edgekit.edge_apps.meeting import JoinRefused, MeetingClient
 from edgekit.edge_apps.sources import Frame, FrameSource
+from edgekit.core import checks
 from edgekit.core.errors import BadInputError
 
 log = logging.getLogger("edgekit.join")
 
 
-@dataclass
+@dataclass(frozen=True)
 class JoinConfig:
     source: str = "0"
     fps: float = 10.0  # at most this many tiles per second
@@ -33,6 +34,13 @@ class JoinConfig:
     loop: bool = False  # restart a video file at its end (a file standing in for a camera)
     tile: tuple[int, int] = (240, 180)
     quality: int = 70
+
+    def __post_init__(self) -> None:
+        checks.within("--fps", self.fps, 0, 60, low_open=True)
+        checks.within("--duration", self.duration, 0, 10**7)
+        checks.within("JPEG quality", self.quality, 1, 100)
+        for side in self.tile:
+            checks.within("tile size", side, 16, 1920)
 
 
 def black_frames(fps: float) -> Iterator[Frame]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgekit.edge_apps import protocol as p
+from edgekit.core import checks
 from edgekit.core.errors import BadInputError
 from edgekit.core.hardware import current_rss_mb, peak_rss_mb
 
@@ -39,7 +40,7 @@ log = logging.getLogger("edgekit.meeting")
 TILE_W, TILE_H, PANEL_W = 240, 180, 320
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 7700
@@ -52,6 +53,16 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     duration: float = 0.0  # stop after this many seconds (0 = until Ctrl-C)
+
+    def __post_init__(self) -> None:
+        checks.port("--port", self.port)
+        checks.within("--fps", self.fps, 0, 60, low_open=True)
+        checks.within("--timeout", self.timeout, 0, 3600, low_open=True)
+        checks.within("--max-clients", self.max_clients, 1, 1024)
+        checks.within("--max-message-kb", self.max_message / 1024, 1, 64 * 1024)
+        checks.within("--duration", self.duration, 0, 10**7)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise BadInputError("TLS needs both --tls-cert and --tls-key")
 
 
 @dataclass

@@ -27,17 +27,24 @@ import numpy as np
 
 from edgekit.edge_apps.apps import Analysis, Timer
 from edgekit.edge_apps.sources import Frame, FrameSource
+from edgekit.core import checks
 from edgekit.core.errors import BadInputError
 from edgekit.core.hardware import peak_rss_mb
 
 
-@dataclass
+@dataclass(frozen=True)
 class PipelineConfig:
     every: int = 1  # run the app on every k-th frame, reuse the last result in between
     max_frames: int = 0  # stop after this many frames (0 = until the source ends)
     motion_gate: float = 0.0  # 0 = off; else reuse the last result while the frame changes less than this
     scale: float = 1.0  # resize every frame by this factor first
     overlay: bool = True
+
+    def __post_init__(self) -> None:
+        checks.within("--every", self.every, 1, 10_000)
+        checks.at_least("--max-frames", self.max_frames, 0)
+        checks.within("--motion-gate", self.motion_gate, 0, 255)
+        checks.within("--scale", self.scale, 0, 4, low_open=True)
 
 
 class JsonlEvents:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgekit.group import cli
+from edgekit.core import checks
 from edgekit.core.errors import BadInputError, require
 
 
@@ -374,13 +375,9 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
     from edgekit.edge_apps.sources import FrameSource
     from edgekit.runtimes import RuntimeOptions, load_runtime
 
-    for name, value, ok, rule in (("--every", every, every >= 1, ">= 1"), ("--window", window, window >= 1, ">= 1"),
-                                  ("--max-frames", max_frames, max_frames >= 0, ">= 0"),
-                                  ("--motion-gate", motion_gate, motion_gate >= 0, ">= 0"),
-                                  ("--reconnect", reconnect, reconnect >= 0, ">= 0"),
-                                  ("--scale", scale, 0 < scale <= 4, "in (0, 4]")):
-        if not ok:
-            raise BadInputError(f"{name} must be {rule}, got {value}")
+    config = PipelineConfig(every=every, max_frames=max_frames, motion_gate=motion_gate, scale=scale)
+    checks.within("--window", window, 1, 10_000)
+    checks.within("--reconnect", reconnect, 0, 1000)
     smoother = Smoother.parse(smooth, hold)
     detector = load_detector(faces if faces is not None else ("none" if app == "classify" else "haar"))
     rt = load_runtime(model, runtime, RuntimeOptions(threads=threads))
@@ -407,9 +404,7 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
         server = MjpegServer(serve, title=f"edgekit run --app {app}")
         sinks.append(StreamSink(server))
         click.echo(f"streaming on {server.url}", err=True)
-    pipeline = Pipeline(worker, timer, PipelineConfig(every=every, max_frames=max_frames, motion_gate=motion_gate,
-                                                      scale=scale),
-                        events=JsonlEvents(folder / "events.jsonl"), sinks=sinks)
+    pipeline = Pipeline(worker, timer, config, events=JsonlEvents(folder / "events.jsonl"), sinks=sinks)
     try:
         summary = pipeline.run(frames)
     except KeyboardInterrupt:
@@ -448,10 +443,6 @@ def serve(host: str, port: int, http: str, token: str, fps: float, timeout: floa
 
     from edgekit.edge_apps.meeting import MeetingServer, ServerConfig
 
-    if fps <= 0 or timeout <= 0 or max_clients < 1 or max_message_kb < 1:
-        raise BadInputError("--fps and --timeout must be > 0, --max-clients and --max-message-kb >= 1")
-    if bool(tls_cert) != bool(tls_key):
-        raise BadInputError("TLS needs both --tls-cert and --tls-key")
     server = MeetingServer(ServerConfig(host=host, port=port, http=None if http == "off" else http, token=token,
                                         fps=fps, timeout=timeout, max_clients=max_clients,
                                         max_message=max_message_kb * 1024, tls_cert=tls_cert, tls_key=tls_key,
@@ -506,8 +497,8 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
     from edgekit.edge_apps.meeting import MeetingClient
     from edgekit.runtimes import RuntimeOptions, load_runtime
 
-    if fps <= 0 or window < 1:
-        raise BadInputError("--fps must be > 0 and --window >= 1")
+    config = JoinConfig(source=source, fps=fps, duration=duration, loop=loop)
+    checks.within("--window", window, 1, 10_000)
     client = MeetingClient(server, name, token, privacy=privacy, tls=tls, tls_ca=tls_ca)
     rt = load_runtime(model, runtime, RuntimeOptions(threads=threads))
     app = apps.AttendApp(rt, apps.Timer(), load_detector(faces), window=window)
@@ -524,8 +515,7 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
         viewers.append(MjpegServer(serve, title=f"edgekit meeting: {name}"))
         click.echo(f"shared grid on {viewers[-1].url}", err=True)
     try:
-        result = run_join(client, app, JoinConfig(source=source, fps=fps, duration=duration, loop=loop), folder,
-                          viewers)
+        result = run_join(client, app, config, folder, viewers)
     except KeyboardInterrupt:
         result = {"interrupted": True, "grids_received": client.grids, "connects": client.connects}
     finally:

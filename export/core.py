@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from edgekit.core import checks
 from edgekit.core.errors import BadInputError, UnknownNameError
 from edgekit.core.artifacts import Artifact, write_sidecar
 
@@ -51,6 +52,10 @@ class ExportConfig:
                                      ("activation_type", self.activation_type, ("auto", "u8", "s8"))):
             if value not in allowed:
                 raise UnknownNameError(name.replace("_", " "), value, allowed)
+        checks.one_of("--input-color", self.input_color, ("BGR", "RGB", "GRAY"))
+        checks.within("--calib-size", self.calib_size, 1, 1_000_000)
+        checks.within("--calib-batch", self.calib_batch, 1, 4096)
+        checks.at_least("--verify-images", self.verify_images, 0)
 
 
 class ExportJob:

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from edgekit.core import checks
 from edgekit.core.errors import BadInputError, UnknownNameError
 from edgekit.core.spec import ModelSpec
 
@@ -50,10 +51,8 @@ class RuntimeOptions:
     graph_optimization: str = "all"
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise BadInputError(f"threads must be >= 0, got {self.threads}")
-        if self.batch < 1:
-            raise BadInputError(f"batch must be >= 1, got {self.batch}")
+        checks.threads("--threads", self.threads)
+        checks.within("--batch", self.batch, 1, 4096)
         if self.graph_optimization not in GRAPH_OPTIMIZATIONS:
             raise UnknownNameError("graph optimization level", self.graph_optimization, GRAPH_OPTIMIZATIONS)
         if self.performance_hint not in PERFORMANCE_HINTS:

@@ -55,7 +55,7 @@ def test_image_folder_skips_and_counts_corrupt_files(exported, image_folder, tmp
 @pytest.mark.parametrize("args, fragment", [
     (("--source", "missing.avi"), "source not found"),
     (("--smooth", "median:3"), "--smooth must be"),
-    (("--every", "0"), "--every must be >= 1"),
+    (("--every", "0"), "--every must be in [1, 10000], got 0"),
 ])
 def test_bad_run_input_is_one_line(exported, clip, tmp_path, args, fragment):
     out, _ = exported

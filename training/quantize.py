@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.core import checks
 from edgekit.core.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
 from edgekit.core.errors import BadInputError
 from edgekit.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -43,8 +44,10 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic"):
             raise BadInputError(f"mode must be static or dynamic, got {self.mode!r}")
-        if self.calib_batches < 1 or self.batch_size < 1:
-            raise BadInputError("--calib-batches and --batch must be >= 1")
+        checks.within("--calib-batches", self.calib_batches, 1, 100_000)
+        checks.within("--batch", self.batch_size, 1, 4096)
+        checks.at_least("--limit-test", self.limit_test, 0)
+        checks.threads("--threads", self.threads)
 
 
 def resolve_engine(engine: str) -> str:

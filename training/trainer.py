@@ -21,6 +21,7 @@ import numpy as np
 from edgekit.core.errors import BadInputError
 from edgekit.core.spec import ModelSpec
 from edgekit.models.checkpoint import Checkpoint, save_checkpoint, torch_versions
+from edgekit.core import checks
 from edgekit.core.data import SPLIT_KEYS, ImageTable, load_split, split_recipe
 from edgekit.core.metrics import classification_report, format_report
 from edgekit.models.registry import HeadConfig, build_model, get_arch
@@ -67,10 +68,21 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         get_arch(self.model)  # unknown names fail before any data is read
-        if self.epochs < 1 or self.batch_size < 1 or self.input_size < 16:
-            raise BadInputError("epochs and batch size must be >= 1 and input size >= 16")
-        if self.schedule not in SCHEDULES:
-            raise BadInputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        checks.one_of("--schedule", self.schedule, SCHEDULES)
+        for name, value, low, high in (("--epochs", self.epochs, 1, 10_000), ("--batch", self.batch_size, 1, 4096),
+                                       ("--imgsz", self.input_size, 16, 4096), ("--head-epochs", self.head_epochs, 0, 10_000),
+                                       ("--unfreeze-blocks", self.unfreeze_blocks, -1, 1000), ("--hidden", self.hidden, 0, 65536),
+                                       ("--patience", self.patience, 1, 10_000), ("--limit", self.limit, 0, 10**9),
+                                       ("--workers", self.workers, 0, 4 * checks.usable_cpus()),
+                                       ("--weight-decay", self.weight_decay, 0, 1), ("--dropout", self.dropout, 0, 0.99)):
+            checks.within(name, value, low, high)
+        checks.within("--lr", self.lr, 0, 10, low_open=True)
+        checks.within("--finetune-lr", self.finetune_lr, 0, 10, low_open=True)
+        checks.within("--val-fraction", self.val_fraction, 0, 0.99)
+        checks.within("--test-fraction", self.test_fraction, 0, 0.99)
+        if self.pos_weight is not None:
+            checks.within("--pos-weight", self.pos_weight, 0, 1e6, low_open=True)
+        checks.threads("--threads", self.threads)
 
 
 def seed_everything(seed: int) -> None:
