@@ -10,10 +10,10 @@ INT8 artifact's accuracy delta and top-1 agreement are compared with the gate (e
     python benchmarks/demo_margin.py [--seeds 0,1,2,3,4] [--out runs/demo_margin] [--reuse]
         [--ov-bias-correction full|fast] [--json benchmarks/results/demo_margin.json]
 
---reuse takes model.pt from an earlier run (to check the INT8 steps on another CPU, for example an
-emulated AVX2-only one: benchmarks/demo_margin_avx2.sh). The log starts with the CPU features this process
-sees, both from /proc/cpuinfo (what edgekit's INT8 defaults read) and from the CPUID instruction (what
-numpy's, onnxruntime's and OpenVINO's kernels dispatch on).
+--reuse takes model.pt from an earlier run and redoes only the INT8 steps. The log starts with the CPU
+features this process sees, both from /proc/cpuinfo (what edgekit's INT8 defaults read) and from the CPUID
+instruction (what numpy's, onnxruntime's and OpenVINO's kernels dispatch on). To run the INT8 artifacts on
+another instruction set, see benchmarks/int8_on_cpu.py.
 """
 from __future__ import annotations
 
