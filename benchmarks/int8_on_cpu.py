@@ -1,8 +1,12 @@
-"""INT8 artifacts against their FP32 counterparts, on whatever CPU runs this: torch-free, so it also runs
-under emulation (qemu-user answers CPUID as the CPU it emulates, and the INT8 kernels follow).
+"""INT8 artifacts against their FP32 counterparts, on whatever CPU runs this. It imports no torch, so it
+can run under emulation (qemu-user answers CPUID as the CPU it emulates, and the INT8 kernels follow):
 
     python benchmarks/int8_on_cpu.py FOLDER [DATA]
     qemu-x86_64-static -cpu Haswell "$(command -v python)" benchmarks/int8_on_cpu.py FOLDER   (AVX2 kernels)
+
+The emulated form has not finished here yet: on a 2-core machine shared with a test run it had not printed
+its first row after 14 minutes (a single emulated ONNX Runtime INT8 inference of the demo model took
+14 ms against 0.55 ms native, and its logits differed from the native ones: AVX2 kernels at work).
 
 FOLDER holds model.onnx / model_int8.onnx and model.xml / model_int8.xml (an `edgekit export --int8` output);
 DATA defaults to the embedded Fashion-MNIST subset. Each INT8 model is compared with its FP32 model on the
