@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.core.errors import BadInputError
 from edgekit.core.spec import ModelSpec
 from edgekit.models.checkpoint import Checkpoint, save_checkpoint, torch_versions
 from edgekit.core import checks
