@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 for target in mobilenet_v2:160 mobilenet_v3_large:224; do
   arch=${target%:*}; size=${target#*:}; dir=$OUT/${arch}_$size
   mkdir -p "$dir"
-  [ -f "$dir/model.pt" ] || python benchmarks/random_init.py "$arch" "$size" "$DATA" "$dir/model.pt"
+  [ -f "$dir/model.pt" ] || python benchmarks/scripts/random_init.py "$arch" "$size" "$DATA" "$dir/model.pt"
   [ -f "$dir/model_int8.pt" ] || edgekit quantize "$dir/model.pt" --data "$DATA" --calib-batches 8 --limit-test 64 --threads 2 >/dev/null
   [ -f "$dir/model_int8.xml" ] || edgekit export "$dir/model.pt" --format onnx --format openvino --int8 --data "$DATA" \
       --calib-size 256 --no-verify 2>&1 | grep -v 'it/s' | tail -6

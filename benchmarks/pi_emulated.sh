@@ -41,7 +41,7 @@ fi
 if [[ ! -f $BUNDLE/requirements.txt ]]; then
   edgekit export "$MODEL" --format onnx --int8 --bundle pi --out "$BUNDLE" --data "$DATA"
 fi
-python benchmarks/pi_inputs.py "$VIDEO" "$DATA" "$BUNDLE"
+python benchmarks/scripts/pi_inputs.py "$VIDEO" "$DATA" "$BUNDLE"
 
 # 4. Host reference: the same models on the same images on x86.
 rm -rf "$BUNDLE/host_out"

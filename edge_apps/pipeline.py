@@ -5,7 +5,7 @@ Three threads share the work so that, on a small CPU, the model is the only thin
 the source's reader thread decodes ahead, the main thread runs the app, and a sink thread renders the
 overlay and writes the video / MJPEG stream / window. Queues between them are short and bounded.
 
-Switchable savings (each measured by ``benchmarks/pipeline_overhead.py``): ``every`` (run the model on
+Switchable savings (each measured by ``benchmarks/scripts/pipeline_overhead.py``): ``every`` (run the model on
 every k-th frame, reuse the result in between), ``motion_gate`` (reuse the result while the picture has
 not changed: mean absolute grey-level change of a 64x48 thumbnail below the threshold) and ``scale``
 (shrink frames before anything else touches them).

@@ -5,7 +5,7 @@ floats), so the check covers preprocessing as well as the graph. Tolerances depe
 breaking one makes the command exit non-zero, so it can gate CI.
 
 The reference is the checkpoint run by PyTorch in float64. PyTorch's own FP32 result is not exact: on the
-Fashion-MNIST MobileNetV2 it is up to 1.1e-4 away from float64 (benchmarks/fp32_noise_floor.py), as far as a
+Fashion-MNIST MobileNetV2 it is up to 1.1e-4 away from float64 (benchmarks/scripts/fp32_noise_floor.py), as far as a
 correct FP32 export is from it. Against float64 each artifact's difference is its own error, not the sum of
 two FP32 errors. PyTorch FP32 gets a row of its own, measured the same way but never gating, so the table
 shows how large the FP32 error of the framework itself is.

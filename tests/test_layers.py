@@ -17,10 +17,9 @@ FOLDERS = {"core": "edgekit/core", "models": "edgekit/models", "runtimes": "runt
 PREFIXES = (("edgekit.core", "core"), ("edgekit.models", "models"), ("edgekit.runtimes", "runtimes"),
             ("edgekit.benchmarks", "benchmarks"), ("edgekit.export", "export"), ("edgekit.training", "training"),
             ("edgekit.edge_apps", "edge_apps"), ("edgekit.tests", "tests"), ("edgekit", "cli"))
-# One-off scripts that regenerate results: they sit above everything and are not part of the library.
-SCRIPTS = {"benchmarks/crosscheck.py", "benchmarks/demo_margin.py", "benchmarks/fp32_noise_floor.py",
-           "benchmarks/meeting_load.py", "benchmarks/pi_inputs.py", "benchmarks/pipeline_overhead.py",
-           "benchmarks/random_init.py"}
+# One-off scripts that regenerate results (benchmarks/scripts/): they sit above everything, are not part of
+# the library and are not in the wheel.
+SCRIPTS = "benchmarks/scripts/"
 ROOT_MODULE = "edgekit/__init__.py"  # the version string only: importable by every layer
 
 
@@ -49,7 +48,8 @@ def library_files(root: Path) -> dict[str, list[Path]]:
     files: dict[str, list[Path]] = {}
     for layer, folder in FOLDERS.items():
         found = sorted((root / folder).rglob("*.py")) if layer != "cli" else sorted((root / folder).glob("*.py"))
-        files[layer] = [p for p in found if p.relative_to(root).as_posix() not in SCRIPTS | {ROOT_MODULE}]
+        files[layer] = [p for p in found if p.relative_to(root).as_posix() != ROOT_MODULE
+                        and not p.relative_to(root).as_posix().startswith(SCRIPTS)]
     return files
 
 

@@ -29,6 +29,11 @@ def test_wheel_contains_the_namespace_and_embedded_data(wheel):
     assert any(n.endswith("t10k-images-idx3-ubyte.gz") for n in data) and any(n.endswith("README.md") for n in data)
     assert not any(n.startswith(("training/", "export/", "tests/")) for n in names), "generic top-level names"
     assert not any(n.startswith("edgekit/tests/") for n in names), "the test suite is not shipped to devices"
+    # the bench library only: the one-off scripts that regenerate results stay in the repository
+    shipped = {n for n in names if n.startswith("edgekit/benchmarks/")}
+    assert shipped == {"edgekit/benchmarks/__init__.py", "edgekit/benchmarks/harness.py",
+                       "edgekit/benchmarks/worker.py"}, shipped
+    assert not any(n.endswith((".sh", ".txt")) and n.startswith("edgekit/benchmarks") for n in names)
 
 
 def test_installed_wheel_imports_and_finds_its_data(wheel, tmp_path):

@@ -10,7 +10,7 @@ Each step prints its result as soon as it has one, so a failure late in the run 
 with what worked. An INT8 artifact that misses its gate is reported (with the reason) and left out; the
 others are written and benchmarked, and :func:`run_demo` returns the list of what failed, so the exit
 status can tell whether everything passed. How much margin the demo has against its gates on different
-machines and seeds is measured by ``benchmarks/demo_margin.py``.
+machines and seeds is measured by ``benchmarks/scripts/demo_margin.py``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from edgekit.training.trainer import TrainConfig, train
 # artifacts agreed with FP32 on only 95.5-97.5% of the test images, and those flips swung the accuracy
 # delta between +0.7 pp on one machine and -1.7 pp on another. In the same 12 epochs this one converges,
 # with smaller weights (narrower INT8 ranges): 97.1-99.1% agreement. The other half of the fix is NNCF's
-# full bias correction (edgekit.export.openvino_format.nncf_int8). benchmarks/demo_margin.py measures how
+# full bias correction (edgekit.export.openvino_format.nncf_int8). benchmarks/scripts/demo_margin.py measures how
 # far inside its gates every INT8 artifact lands (benchmarks/results/demo_margin*.json).
 DEMO_EPOCHS = 12
 DEMO_LR = 3e-3

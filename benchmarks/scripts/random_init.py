@@ -3,7 +3,7 @@
 The latency of a CNN does not depend on its weights, so the speed targets (MobileNetV2 at 160x160,
 MobileNetV3-Large at 224x224) are measured on untrained networks with Fashion-MNIST's 10 labels; the data
 set is recorded so that `edgekit export --int8` and `edgekit quantize` find real calibration images.
-Usage: python benchmarks/random_init.py ARCH SIZE DATA OUT.pt
+Usage: python benchmarks/scripts/random_init.py ARCH SIZE DATA OUT.pt
 """
 from __future__ import annotations
 

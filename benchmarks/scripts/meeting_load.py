@@ -5,7 +5,7 @@ own measurement: tile arrival -> the grid that shows it is sent), RSS over time 
 The clients speak the real protocol from one asyncio process (a tile per client per 1/F s, grids read
 and counted), so the server is the only thing measured; the tiles are 240x180 JPEGs of Megamind.avi.
 
-Usage: python benchmarks/meeting_load.py [--clients 32] [--fps 10] [--seconds 60]
+Usage: python benchmarks/scripts/meeting_load.py [--clients 32] [--fps 10] [--seconds 60]
 Writes benchmarks/results/meeting_load.{json,txt}.
 """
 from __future__ import annotations
@@ -136,7 +136,7 @@ def main() -> None:
     lat = result["latency_ms"]
     slope = "n/a (fewer than 3 samples)" if result["rss_slope_mb_per_min"] is None else \
         f"{result['rss_slope_mb_per_min']:+.2f} MB/min"
-    text = (f"$ python benchmarks/meeting_load.py --clients {args.clients} --fps {args.fps:g} --seconds {args.seconds:g}\n"
+    text = (f"$ python benchmarks/scripts/meeting_load.py --clients {args.clients} --fps {args.fps:g} --seconds {args.seconds:g}\n"
             f"{result['clients']} simulated clients x {result['fps']:g} FPS x {result['seconds']:g} s on loopback "
             f"({result['machine']})\n"
             f"dropped clients: {len(result['dropped'])}; fewest participants seen by the server: "

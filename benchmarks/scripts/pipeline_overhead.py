@@ -6,8 +6,8 @@ model alone (the runtime's infer() in a loop on one preprocessed frame, same thr
 before and after the pipeline runs and averaged). CPU seconds per frame come from the child's rusage.
 
 Usage (repository root, venv with edgekit[onnx] active):
-    python benchmarks/pipeline_overhead.py runs/latency/mobilenet_v2_224/model_int8.onnx --threads 1,2
-    (the model: `python benchmarks/random_init.py mobilenet_v2 224 DATA M.pt` then
+    python benchmarks/scripts/pipeline_overhead.py runs/latency/mobilenet_v2_224/model_int8.onnx --threads 1,2
+    (the model: `python benchmarks/scripts/random_init.py mobilenet_v2 224 DATA M.pt` then
      `edgekit export M.pt --format onnx --int8 --data DATA`; latency does not depend on the weights)
 Writes benchmarks/results/pipeline_overhead.{json,txt} unless --out says otherwise.
 """
@@ -122,7 +122,7 @@ def main() -> None:
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".txt").write_text(f"$ python benchmarks/pipeline_overhead.py {args.model} --threads {args.threads}\n"
+    out.with_suffix(".txt").write_text(f"$ python benchmarks/scripts/pipeline_overhead.py {args.model} --threads {args.threads}\n"
                                        + table + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": sys.argv, "frames": frames, "rows": rows,
                                                     "machine": platform.uname()._asdict()}, indent=2) + "\n")

@@ -4,7 +4,7 @@
 Runs the Fashion-MNIST MobileNetV2 on the full 10k test set in: PyTorch FP32 (oneDNN convolutions, the
 default), PyTorch FP32 without oneDNN, PyTorch float64 (the "true" value), and onnxruntime on the exported
 FP32 ONNX at three graph-optimisation levels; prints the max |logit difference| of every pair that matters.
-Usage: python benchmarks/fp32_noise_floor.py [CHECKPOINT] [ONNX] [DATA] > benchmarks/results/fp32_noise_floor.txt
+Usage: python benchmarks/scripts/fp32_noise_floor.py [CHECKPOINT] [ONNX] [DATA] > benchmarks/results/fp32_noise_floor.txt
 """
 from __future__ import annotations
 

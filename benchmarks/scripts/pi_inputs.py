@@ -1,6 +1,6 @@
 """Inputs of the emulated Pi run (benchmarks/pi_emulated.sh): the first 48 frames of a video as clip.avi and
 the first 200 Fashion-MNIST test images as PNG files in images/.
-Usage: python benchmarks/pi_inputs.py VIDEO DATA BUNDLE"""
+Usage: python benchmarks/scripts/pi_inputs.py VIDEO DATA BUNDLE"""
 import sys
 from pathlib import Path
 

@@ -7,13 +7,13 @@ those machine-to-machine differences: each seed trains the demo recipe (edgekit.
 runs the demo's own PyTorch INT8, ONNX QDQ and OpenVINO INT8 steps with the demo's settings, and every
 INT8 artifact's accuracy delta and top-1 agreement are compared with the gate (edgekit.export.verify).
 
-    python benchmarks/demo_margin.py [--seeds 0,1,2,3,4] [--out runs/demo_margin] [--reuse]
+    python benchmarks/scripts/demo_margin.py [--seeds 0,1,2,3,4] [--out runs/demo_margin] [--reuse]
         [--ov-bias-correction full|fast] [--json benchmarks/results/demo_margin.json]
 
 --reuse takes model.pt from an earlier run and redoes only the INT8 steps. The log starts with the CPU
 features this process sees, both from /proc/cpuinfo (what edgekit's INT8 defaults read) and from the CPUID
 instruction (what numpy's, onnxruntime's and OpenVINO's kernels dispatch on). To run the INT8 artifacts on
-another instruction set, see benchmarks/int8_on_cpu.py.
+another instruction set, see benchmarks/scripts/int8_on_cpu.py.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """INT8 artifacts against their FP32 counterparts, on whatever CPU runs this. It imports no torch, so it
 can run under emulation (qemu-user answers CPUID as the CPU it emulates, and the INT8 kernels follow):
 
-    python benchmarks/int8_on_cpu.py FOLDER [DATA]
-    qemu-x86_64-static -cpu Haswell "$(command -v python)" benchmarks/int8_on_cpu.py FOLDER   (AVX2 kernels)
+    python benchmarks/scripts/int8_on_cpu.py FOLDER [DATA]
+    qemu-x86_64-static -cpu Haswell "$(command -v python)" benchmarks/scripts/int8_on_cpu.py FOLDER   (AVX2 kernels)
 
 The emulated form has not finished here yet: on a 2-core machine shared with a test run it had not printed
 its first row after 14 minutes (a single emulated ONNX Runtime INT8 inference of the demo model took
@@ -33,8 +33,8 @@ def main() -> None:
     except ImportError:  # numpy < 2
         from numpy.core._multiarray_umath import __cpu_features__ as cpuid
     folder = Path(sys.argv[1])
-    data = sys.argv[2] if len(sys.argv) > 2 else str(Path(__file__).resolve().parents[1] / "edgekit/data/fashion-mnist-mini")
-    print("command: python benchmarks/int8_on_cpu.py " + " ".join(sys.argv[1:]))
+    data = sys.argv[2] if len(sys.argv) > 2 else str(Path(__file__).resolve().parents[2] / "edgekit/data/fashion-mnist-mini")
+    print("command: python benchmarks/scripts/int8_on_cpu.py " + " ".join(sys.argv[1:]))
     print("CPUID (numpy):", " ".join(k for k in ("AVX2", "FMA3", "AVX512F", "AVX512_ICL", "AVX512_SPR") if cpuid.get(k)),
           "| /proc/cpuinfo:", " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or "vnni" in f)))
     # Gates of edgekit.export.verify, restated: importing that module would import the torch-side verifier.

@@ -9,7 +9,7 @@
 
 The three measurements of a model run one after another, in alternating order (ours first for one model,
 theirs first for the next) so that a slow drift of the machine does not favour one side.
-Usage: python benchmarks/crosscheck.py MODEL.onnx|MODEL.xml ... [--threads 2] [--runs 1000]
+Usage: python benchmarks/scripts/crosscheck.py MODEL.onnx|MODEL.xml ... [--threads 2] [--runs 1000]
 """
 from __future__ import annotations
 
