@@ -1,4 +1,4 @@
-"""What the pipeline does with each frame: the apps.
+"""What the pipeline does with each frame: the :class:`App` protocol, the app registry and the apps.
 
 - ``classify``: the whole frame (or, with a face detector, the largest face) -> classifier -> smoothing.
 - ``attend``: largest face -> crop -> binary attentive/not-attentive classifier -> mean over the last N frames
@@ -8,28 +8,34 @@
   PERCLOS (share of closed-eye frames) over a time window with its own drowsiness alert.
 
 Each app returns an :class:`Analysis` for the overlay and a list of events (alerts raised and cleared).
+Apps are chosen by name from :data:`APPS` (``module:Class``, imported on first use, like the runtimes), built
+from one validated :class:`AppSettings`; a new app is a class with ``from_settings`` and one line there.
 Time is the frame's source time (video time for files, seconds since start for live sources), so a video
 file gives the same alerts however fast it is processed.
 """
 from __future__ import annotations
 
+import importlib
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from edgekit.edge_apps.faces import Box, HaarEyeDetector, largest
-from edgekit.edge_apps.smoothing import Smoother, probabilities
-from edgekit.core.errors import BadInputError
+from edgekit.core import checks
+from edgekit.core.errors import BadInputError, UnknownNameError
+from edgekit.core.metrics import default_positive
 from edgekit.core.spec import preprocess
+from edgekit.edge_apps.faces import Box, largest
+from edgekit.edge_apps.smoothing import Smoother, probabilities
 
-# State Farm Distracted Driver Detection: folder names c0..c9 and what they mean.
-DRIVER_CLASSES = {
-    "c0": "safe driving", "c1": "texting - right", "c2": "phone - right", "c3": "texting - left",
-    "c4": "phone - left", "c5": "operating the radio", "c6": "drinking", "c7": "reaching behind",
-    "c8": "hair and makeup", "c9": "talking to passenger",
+# name -> "module:Class"; imported when chosen.
+APPS = {
+    "classify": "edgekit.edge_apps.apps:ClassifyApp",
+    "attend": "edgekit.edge_apps.apps:AttendApp",
+    "driver": "edgekit.edge_apps.driver:DriverApp",
 }
 
 
@@ -57,6 +63,66 @@ class Analysis:
     info: dict = field(default_factory=dict)  # extra figures for the overlay and events (e.g. PERCLOS)
 
 
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything an app may be tuned with (each app reads its own fields), checked when built."""
+
+    smooth: str = "window:5"  # classify/driver: window:N, ema:ALPHA or none
+    hold: int = 3  # frames a new label must stay on top before it is reported
+    window: int = 5  # attend: frames averaged per decision
+    positive: str | None = None  # attend: the attentive label (default: the model's recorded positive label)
+    safe_label: str | None = None  # driver: the safe-driving label (default: c0 or a label with "safe")
+    alert_after: float = 2.0  # driver: seconds of distraction before an alert
+    perclos_seconds: float = 30.0  # driver: PERCLOS window
+    perclos_threshold: float = 0.3  # driver: closed-eye share that raises the drowsiness alert
+    margin: float = 0.2  # face box expansion before cropping
+
+    def __post_init__(self) -> None:
+        Smoother.parse(self.smooth, self.hold)  # refuses a bad --smooth / --hold
+        checks.within("--hold", self.hold, 1, 10_000)
+        checks.within("--window", self.window, 1, 10_000)
+        checks.within("--alert-after", self.alert_after, 0, 86_400)
+        checks.within("--perclos-seconds", self.perclos_seconds, 0, 86_400, low_open=True)
+        checks.within("--perclos-threshold", self.perclos_threshold, 0, 1)
+        checks.within("--margin", self.margin, 0, 4)
+
+    def smoother(self) -> Smoother:
+        return Smoother.parse(self.smooth, self.hold)
+
+
+@runtime_checkable
+class App(Protocol):
+    """What :class:`~edgekit.edge_apps.pipeline.Pipeline` calls on an app, per frame and at the end."""
+
+    name: str
+    classify: "Classifier"  # the model with its preprocessing; the summary reads its inference count
+    face_search: dict  # {"searched": frames searched for a face, "found": frames with one}
+
+    @property
+    def prepare(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The model input for a frame, computed ahead on the reader thread; None when it depends on the
+        analysis (a face crop)."""
+
+    def analyze(self, image: np.ndarray, t: float, prepared: np.ndarray | None = None) -> tuple["Analysis", list[dict]]:
+        """One frame (BGR, source time ``t`` in seconds) -> what to draw and the events it raised."""
+
+
+def app_class(name: str) -> type:
+    """The app class registered as ``name`` (imported now); unknown names suggest the closest one."""
+    if name not in APPS:
+        raise UnknownNameError("app", name, APPS)
+    module, cls = APPS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_app(name: str, runtime, timer: "Timer", faces, settings: AppSettings | None = None) -> App:
+    """The app ``name`` on ``runtime``, with a face detector (or None) and ``settings``."""
+    app = app_class(name).from_settings(runtime, timer, faces, settings or AppSettings())
+    if not isinstance(app, App):
+        raise TypeError(f"{type(app).__name__} does not implement the App protocol")
+    return app
+
+
 class Classifier:
     """The model plus its preprocessing: image -> class probabilities, each stage timed."""
 
@@ -79,6 +145,11 @@ class Classifier:
 
 class ClassifyApp:
     name = "classify"
+    default_faces = "none"  # the whole frame, unless a detector is asked for
+
+    @classmethod
+    def from_settings(cls, runtime, timer: Timer, faces, settings: AppSettings) -> "ClassifyApp":
+        return cls(runtime, timer, settings.smoother(), faces=faces, margin=settings.margin)
 
     def __init__(self, runtime, timer: Timer, smoother: Smoother, faces=None, margin: float = 0.2):
         self.classify, self.timer, self.smoother = Classifier(runtime, timer), timer, smoother
@@ -122,6 +193,11 @@ class AttendApp(ClassifyApp):
     """Attentiveness from the largest face, averaged over the last ``window`` frames."""
 
     name = "attend"
+    default_faces = "haar"
+
+    @classmethod
+    def from_settings(cls, runtime, timer: Timer, faces, settings: AppSettings) -> "AttendApp":
+        return cls(runtime, timer, faces, window=settings.window, positive=settings.positive, margin=settings.margin)
 
     def __init__(self, runtime, timer: Timer, faces, window: int = 5, positive: str | None = None,
                  margin: float = 0.2):
@@ -134,7 +210,9 @@ class AttendApp(ClassifyApp):
         if positive is not None and positive not in labels:
             raise BadInputError(f"--positive {positive!r} is not one of the model's labels {list(labels)}")
         super().__init__(runtime, timer, Smoother("none", 0, 1), faces, margin)
-        self.positive = labels.index(positive) if positive else default_positive(labels)
+        # the model's recorded positive label (`train --positive`), else one named like "attentive"
+        positive = positive or runtime.spec.positive or default_positive(labels)
+        self.positive = labels.index(positive)
         self.window: deque = deque(maxlen=window)
 
     def analyze(self, image: np.ndarray, t: float, prepared: np.ndarray | None = None) -> tuple[Analysis, list[dict]]:
@@ -146,108 +224,3 @@ class AttendApp(ClassifyApp):
             score = 0.0 if no_face > len(self.window) / 2 else float(np.mean(scores))
         return Analysis("attentive" if score >= 0.5 else "not attentive", score, [box] if box else [],
                         info={"faces_in_window": len(scores)}), []
-
-
-def default_positive(labels: tuple[str, ...]) -> int:
-    """The attentive class: a label named attentive / engaged (any case), else the second label (the
-    positive class of a one-logit binary model)."""
-    names = [label.lower() for label in labels]
-    for name in ("attentive", "engaged"):
-        if name in names:
-            return names.index(name)
-    return 1
-
-
-class AlertTimer:
-    """Raises an alert once a condition has held for ``after`` seconds, clears it when the condition ends."""
-
-    def __init__(self, name: str, after: float):
-        self.name, self.after = name, after
-        self.since: float | None = None
-        self.active = False
-
-    def update(self, condition: bool, t: float, **details) -> list[dict]:
-        if not condition:
-            self.since = None
-            if self.active:
-                self.active = False
-                return [{"type": "alert_end", "alert": self.name, **details}]
-            return []
-        if self.since is None:
-            self.since = t
-        if not self.active and t - self.since >= self.after:
-            self.active = True
-            return [{"type": "alert", "alert": self.name, "for_s": round(t - self.since, 2), **details}]
-        return []
-
-
-class Perclos:
-    """Share of frames with closed eyes over the last ``seconds`` (frames without a face do not count)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.samples: deque = deque()
-
-    def update(self, closed: bool | None, t: float) -> float | None:
-        if closed is not None:
-            self.samples.append((t, closed))
-        while self.samples and t - self.samples[0][0] > self.seconds:
-            self.samples.popleft()
-        if not self.samples:
-            return None
-        return sum(c for _, c in self.samples) / len(self.samples)
-
-    def covered(self, t: float) -> float:
-        """Seconds of history in the window (no drowsiness verdict from a second of data)."""
-        return t - self.samples[0][0] if self.samples else 0.0
-
-
-class DriverApp(ClassifyApp):
-    name = "driver"
-
-    def __init__(self, runtime, timer: Timer, smoother: Smoother, faces, safe_label: str | None = None,
-                 alert_after: float = 2.0, perclos_seconds: float = 30.0, perclos_threshold: float = 0.3,
-                 eyes: HaarEyeDetector | None = None):
-        super().__init__(runtime, timer, smoother, faces=None)
-        self.face_detector = faces  # used for the eyes only: the classifier sees the whole cabin
-        self.names = [DRIVER_CLASSES.get(label, label) for label in self.labels]
-        if safe_label is None:
-            safe = [i for i, label in enumerate(self.labels) if label == "c0" or "safe" in label.lower()]
-            if not safe:
-                raise BadInputError(f"--app driver: which class is safe driving? none of {list(self.labels)} is "
-                                    f"'c0' or contains 'safe'; pass --safe-label")
-            self.safe = safe[0]
-        elif safe_label in self.labels:
-            self.safe = self.labels.index(safe_label)
-        else:
-            raise BadInputError(f"--safe-label {safe_label!r} is not one of the model's labels {list(self.labels)}")
-        self.distraction = AlertTimer("distracted", alert_after)
-        self.drowsy = AlertTimer("drowsy", 0.0)
-        self.perclos = Perclos(perclos_seconds)
-        self.perclos_threshold = perclos_threshold
-        self.eyes = eyes if eyes is not None or faces is None else HaarEyeDetector()
-
-    @property
-    def prepare(self):
-        return self.classify.prepare  # the classifier sees the whole cabin
-
-    def analyze(self, image: np.ndarray, t: float, prepared: np.ndarray | None = None) -> tuple[Analysis, list[dict]]:
-        probs = self.classify(image, prepared)
-        with self.timer("smooth"):
-            label, smoothed = self.smoother.update(probs)
-        name = self.names[label]
-        events = self.distraction.update(label != self.safe, t, activity=name)
-        boxes, closed = [], None
-        if self.face_detector is not None:
-            face = self.find_face(image, self.face_detector)
-            if face is not None:
-                with self.timer("eyes"):
-                    eyes = self.eyes.detect(image, face)
-                boxes, closed = [face, *eyes], not eyes
-        perclos = self.perclos.update(closed, t)
-        drowsy = (perclos is not None and perclos >= self.perclos_threshold
-                  and self.perclos.covered(t) >= min(5.0, self.perclos.seconds / 2))
-        events += self.drowsy.update(drowsy, t, perclos=None if perclos is None else round(perclos, 3))
-        alerts = tuple(a.name for a in (self.distraction, self.drowsy) if a.active)
-        info = {"perclos": None if perclos is None else round(perclos, 3), "eyes_closed": closed}
-        return Analysis(name, float(smoothed[label]), boxes, alerts, info), events

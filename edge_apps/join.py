@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.edge_apps import protocol as p
 from edgekit.edge_apps.apps import Analysis
-from edgekit.edge_apps.meeting import JoinRefused, MeetingClient
+from edgekit.edge_apps.meeting_client import JoinRefused, MeetingClient
 from edgekit.edge_apps.sources import Frame, FrameSource
 from edgekit.core import checks
 from edgekit.core.errors import BadInputError

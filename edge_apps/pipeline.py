@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.edge_apps.apps import Analysis, Timer
+from edgekit.edge_apps.apps import Analysis, App, Timer
 from edgekit.edge_apps.sources import Frame, FrameSource
 from edgekit.core import checks
 from edgekit.core.errors import BadInputError
@@ -203,7 +203,7 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Pipeline:
-    app: object  # an edge_apps.apps app: analyze(image, t, prepared) -> (Analysis, events); prepare or None
+    app: App  # analyze(image, t, prepared) -> (Analysis, events); prepare or None (edge_apps.apps.App)
     timer: Timer
     config: PipelineConfig = field(default_factory=PipelineConfig)
     events: JsonlEvents | None = None
@@ -220,7 +220,7 @@ class Pipeline:
         reference = None  # thumbnail of the last analysed frame (motion gate)
         label_before = None
         writer = SinkThread(self.sinks, self.timer, self.config.overlay) if self.sinks else None
-        ahead = self.config.every == 1 and not self.config.motion_gate and getattr(self.app, "prepare", None)
+        ahead = self.config.every == 1 and not self.config.motion_gate and self.app.prepare
         if self.config.scale != 1.0 or ahead:
             source.transform = lambda frame: self._ahead(frame, ahead)
         iterator = iter(source)

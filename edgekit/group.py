@@ -56,3 +56,18 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """
     ctx.obj = {"verbose": verbose}
     _setup_logging(verbose)
+
+
+def ctrl_c_interrupts() -> None:
+    """Make Ctrl-C (SIGINT) raise KeyboardInterrupt in this process, whatever we inherited.
+
+    A shell that starts a job in the background (``cmd &`` in a script) sets SIGINT to "ignore" for it,
+    every child inherits that, and Python then leaves it ignored: Ctrl-C or ``kill -INT`` would not stop
+    `edgekit run`, and its video would never be finalised. The long-running commands that promise clean
+    Ctrl-C handling install the handler themselves.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -14,7 +14,7 @@ import pytest
 
 from browser import Browser
 from conftest import default_sigint, free_port, run_cli
-from edgekit.edge_apps.apps import AlertTimer, Perclos
+from edgekit.edge_apps.driver import AlertTimer, Perclos
 
 
 def read_video(path):

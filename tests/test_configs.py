@@ -6,7 +6,7 @@ from edgekit.core.checks import max_threads
 from edgekit.core.errors import BadInputError
 from edgekit.edge_apps.dataset import FaceDatasetConfig
 from edgekit.edge_apps.join import JoinConfig
-from edgekit.edge_apps.meeting import ServerConfig
+from edgekit.edge_apps.meeting_server import ServerConfig
 from edgekit.edge_apps.pipeline import PipelineConfig
 from edgekit.export.core import ExportConfig
 from edgekit.runtimes import RuntimeOptions

@@ -286,7 +286,7 @@ def test_join_without_server_or_camera_keeps_working(binary_models, tmp_path):
 
 def test_tls_meeting_and_a_plain_client_is_refused(tmp_path):
     """--tls-cert/--tls-key on the server, --tls --tls-ca on the client (a self-signed certificate)."""
-    from edgekit.edge_apps.meeting import MeetingClient
+    from edgekit.edge_apps.meeting_client import MeetingClient
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",

@@ -151,3 +151,44 @@ def test_a_model_that_predicts_one_class_gets_a_warning():
     one_class = np.tile([0.1, 2.0, 0.3], (50, 1))
     assert "predicts 'dog' for every one of the 50 test images" in collapse_warnings(one_class, spec)[0]
     assert collapse_warnings(np.eye(3)[[0, 1, 2, 1]], spec) == []
+
+
+def test_the_positive_class_is_chosen_recorded_and_reported(binary_models, tmp_path):
+    """`attentive` sorts first, yet it is the positive class: put second, recorded, and every binary metric
+    (and the evaluation commands' relabelled data) is about it; --positive picks the other one."""
+    import json
+
+    from conftest import run_cli
+    from edgekit.models.checkpoint import load_checkpoint
+    from edgekit.models.loading import checkpoint_data
+
+    ckpt = load_checkpoint(binary_models["pytorch"])
+    assert ckpt.spec.labels == ("not_attentive", "attentive") and ckpt.spec.positive == "attentive"
+    report = ckpt.metrics
+    assert report["positive"] == "attentive"
+    assert report["recall"] == pytest.approx(report["per_class"]["attentive"]["recall"])
+    data = ckpt.metrics["config"]["data"]
+    table = checkpoint_data(ckpt, data)  # rebuilt for evaluation: numbered in the model's order
+    assert table.class_names == ckpt.spec.labels
+    assert all(table.labels[i] == 1 for i, p in enumerate(table.paths) if p.parent.name == "attentive")
+
+    out = tmp_path / "neg"
+    proc = run_cli("train", "--data", data, "--weights", "none", "--epochs", "1", "--batch", "16", "--out", str(out),
+                   "--positive", "not_attentive", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "positive class: not_attentive" in proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["positive"] == "not_attentive"
+    assert metrics["recall"] == pytest.approx(metrics["per_class"]["not_attentive"]["recall"])
+    refused = run_cli("train", "--data", data, "--weights", "none", "--epochs", "1", "--out", str(tmp_path / "x"),
+                      "--positive", "sleepy")
+    assert refused.returncode == 2 and "--positive 'sleepy' is not one of" in refused.stderr
+
+
+def test_data_with_other_classes_is_refused_in_one_short_line():
+    from edgekit.core.data import ImageTable
+
+    table = ImageTable(labels=np.arange(1000) % 1000, class_names=tuple(f"n{i:04d}" for i in range(1000)), color="BGR")
+    with pytest.raises(BadInputError) as refused:
+        table.relabel(tuple(f"m{i:04d}" for i in range(1000)), "photos/")
+    assert len(str(refused.value)) < 300 and "and 995 more" in str(refused.value)

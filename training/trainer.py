@@ -22,7 +22,8 @@ from edgekit.core.spec import ModelSpec
 from edgekit.models.checkpoint import Checkpoint, save_checkpoint, torch_versions
 from edgekit.core import checks
 from edgekit.core.data import SPLIT_KEYS, ImageTable, load_split, split_recipe
-from edgekit.core.metrics import classification_report, format_report
+from edgekit.core.errors import BadInputError
+from edgekit.core.metrics import classification_report, default_positive, format_report
 from edgekit.models.registry import HeadConfig, build_model, get_arch
 from edgekit.training.torchdata import make_loader
 
@@ -49,6 +50,7 @@ class TrainConfig:
     dropout: float = 0.2
     hidden: int = 0
     binary: bool | None = None  # None: binary when there are exactly two classes
+    positive: str | None = None  # two classes: the positive label (None: one named like "attentive", else the 2nd)
     pos_weight: float | None = None  # None: negatives / positives of the training split
     class_weights: bool = False  # inverse-frequency cross-entropy weights
     patience: int = 4
@@ -99,10 +101,22 @@ def load_data(cfg: TrainConfig) -> ImageTable:
 
 
 def make_spec(cfg: TrainConfig, table: ImageTable) -> ModelSpec:
+    """The model's spec. With two classes the positive one is chosen (``cfg.positive`` or a default) and put
+    second, renumbering ``table`` to match: label 1 is what binary metrics, pos_weight and the sigmoid are about."""
     binary = len(table.class_names) == 2 if cfg.binary is None else cfg.binary
-    recipe = split_recipe(table, **{k: getattr(cfg, k) for k in SPLIT_KEYS})
-    return ModelSpec(arch=cfg.model, labels=table.class_names, input_size=(cfg.input_size, cfg.input_size),
-                     binary=binary, versions=torch_versions(), split=recipe)
+    recipe = split_recipe(table, **{k: getattr(cfg, k) for k in SPLIT_KEYS})  # of the data as loaded (sorted)
+    labels, positive = tuple(table.class_names), ""
+    if len(labels) == 2:
+        positive = cfg.positive if cfg.positive is not None else default_positive(labels)
+        if positive not in labels:
+            raise BadInputError(f"--positive {positive!r} is not one of the data's labels {list(labels)}")
+        labels = (labels[0] if positive == labels[1] else labels[1], positive)
+        table.relabel(labels)
+        log.info("positive class: %s%s", positive, "" if cfg.positive else " (choose with --positive)")
+    elif cfg.positive is not None:
+        raise BadInputError(f"--positive is for two-class data; this data has {len(labels)} classes")
+    return ModelSpec(arch=cfg.model, labels=labels, input_size=(cfg.input_size, cfg.input_size),
+                     binary=binary, versions=torch_versions(), split=recipe, positive=positive)
 
 
 def make_loss(cfg: TrainConfig, spec: ModelSpec, table: ImageTable):

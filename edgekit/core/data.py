@@ -15,6 +15,7 @@ import logging
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -60,9 +61,33 @@ class ImageTable:
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
 
+    def relabel(self, labels: Sequence[str], source: object = "the data") -> None:
+        """Renumber the classes into the order ``labels`` gives (a model's own label order, which need
+        not be sorted); data with other classes is refused in one line."""
+        labels = tuple(labels)
+        if labels == tuple(self.class_names):
+            return
+        if sorted(labels) != sorted(self.class_names):
+            missing = sorted(set(labels) - set(self.class_names))
+            extra = sorted(set(self.class_names) - set(labels))
+            raise BadInputError(f"{source} has {len(self.class_names)} classes, the model {len(labels)}: "
+                                + "; ".join(part for part in (
+                                    f"the data lacks {_few(missing)}" if missing else "",
+                                    f"the model has no {_few(extra)}" if extra else "") if part))
+        new_index = {name: i for i, name in enumerate(labels)}
+        mapping = np.array([new_index[name] for name in self.class_names], np.int64)
+        self.labels = mapping[self.labels]
+        self.class_names = labels
+
     def class_counts(self, split: str | None = None) -> np.ndarray:
         labels = self.labels if split is None else self.labels[self.indices(split)]
         return np.bincount(labels, minlength=len(self.class_names))
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    """Up to ``shown`` names and how many more: error lines stay short for 1000-class models."""
+    text = ", ".join(repr(n) for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -21,6 +21,19 @@ def predictions(logits: np.ndarray, binary: bool) -> np.ndarray:
     return (logits.reshape(-1) > 0).astype(np.int64) if binary else logits.argmax(axis=1)
 
 
+# Label names that mean "the positive class" when a two-class data set does not say (any case).
+POSITIVE_NAMES = ("attentive", "engaged", "positive", "pos", "yes", "true", "1", "present", "alert")
+
+
+def default_positive(labels: Sequence[str]) -> str:
+    """The positive label of a two-class data set: one named like POSITIVE_NAMES, else the second."""
+    lowered = [str(label).lower() for label in labels]
+    for name in POSITIVE_NAMES:
+        if name in lowered:
+            return labels[lowered.index(name)]
+    return labels[1]
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
@@ -85,7 +98,7 @@ def classification_report(y_true: Sequence[int], logits: np.ndarray, labels: Seq
     }
     if binary:  # report the positive class (label index 1), plus threshold-free areas
         score = scores_from_logits(logits, True)
-        report.update(precision=float(precision[1]), recall=float(recall[1]), specificity=float(specificity[1]),
+        report.update(positive=labels[1], precision=float(precision[1]), recall=float(recall[1]), specificity=float(specificity[1]),
                       f1=float(f1[1]), roc_auc=roc_auc(y_true, score), pr_auc=average_precision(y_true, score))
     else:
         report.update(precision=float(precision.mean()), recall=float(recall.mean()),
@@ -97,6 +110,8 @@ def format_report(report: dict[str, Any]) -> str:
     """A readable table: the headline numbers, then one row per class, then the confusion matrix."""
     keys = [k for k in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc") if k in report]
     suffix = f" ({report['average']})" if "average" in report else ""
+    if "positive" in report:
+        suffix = f" (precision/recall/f1 of the positive class {report['positive']!r})"
     lines = [f"test samples: {report['samples']}" + suffix,
              "  ".join(f"{k}={report[k]:.4f}" for k in keys), ""]
     names = list(report["per_class"])

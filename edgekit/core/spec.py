@@ -61,6 +61,9 @@ class ModelSpec:
     source_checkpoint_sha256: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     split: dict[str, Any] = field(default_factory=dict)  # the training split recipe (edgekit.core.data.SPLIT_KEYS)
+    # Two-class models: the label binary metrics, pos_weight and the apps' scores are about. `edgekit train`
+    # orders the labels so that it is the second one (the class a one-logit model's sigmoid gives).
+    positive: str = ""
 
     def __post_init__(self) -> None:
         # Frozen dataclasses cannot assign normally; normalise list-valued JSON input to tuples.
@@ -89,8 +92,15 @@ class ModelSpec:
             problems.append("a classifier needs at least 2 labels")
         if self.binary and len(self.labels) != 2:
             problems.append("binary=True needs exactly 2 labels")
+        if self.positive and (len(self.labels) != 2 or self.positive != self.labels[-1]):
+            problems.append(f"positive must be the second of 2 labels, got {self.positive!r} for {list(self.labels)[:4]}")
         if problems:
             raise BadInputError("invalid model spec: " + "; ".join(problems))
+
+    @property
+    def positive_label(self) -> str | None:
+        """The positive class of a two-class model (recorded, else the second label); None otherwise."""
+        return (self.positive or self.labels[1]) if len(self.labels) == 2 else None
 
     @property
     def num_outputs(self) -> int:

@@ -174,7 +174,5 @@ def checkpoint_data(ckpt: Checkpoint, data: str):
     else:  # a checkpoint from before specs recorded their split: the training config it saved
         recorded = ckpt.metrics.get("config", {})
         table = load_split(data, **{k: recorded[k] for k in SPLIT_KEYS if k in recorded})
-    if tuple(table.class_names) != tuple(ckpt.spec.labels):
-        raise BadInputError(f"{data} has classes {list(table.class_names)} but the model was trained on "
-                            f"{list(ckpt.spec.labels)}")
+    table.relabel(ckpt.spec.labels, data)  # the model's label order (a chosen positive class comes second)
     return table

@@ -1,4 +1,4 @@
-"""EdgeAttend: many participants run the attentiveness app on their own devices; one server aggregates.
+"""EdgeAttend server: many participants run the attentiveness app on their own devices; one server aggregates.
 
 Server (``edgekit serve``): one asyncio event loop for every connection, so a hundred clients cost a
 hundred small coroutines, not threads. Each client has
@@ -7,10 +7,12 @@ hundred small coroutines, not threads. Each client has
   PING messages; the newest tile replaces the previous one (a fast sender cannot queue up work);
 - a writer coroutine fed by a one-slot outbox (the newest grid wins), so a slow client only slows itself.
 
-A composer runs ``fps`` times a second on a worker thread: decodes the newest tiles (an invalid JPEG is
-counted and the previous tile kept), draws the annotated grid for the host (labels, scores, coloured
+A composer runs ``fps`` times a second on a worker thread (``edge_apps/grid.py``): decodes the newest tiles
+(an invalid JPEG is counted and the previous tile kept), draws the annotated grid for the host (labels, scores, coloured
 borders, a status panel) and the clean grid for participants (names only), and hands them out. The host
 watches the annotated grid at ``http://HOST:HTTP_PORT/`` (MJPEG + status), ``/status.json`` for scripts.
+
+The wire format is ``edge_apps/protocol.py``; the participant's side is ``edge_apps/meeting_client.py``.
 
 Failures stay local: a malformed, oversized or unauthenticated message closes that one connection with a
 logged reason; a client silent for ``timeout`` seconds (no tile, no ping) is dropped; TCP keep-alive finds
@@ -21,23 +23,21 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
 import secrets
 import ssl
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgekit.edge_apps import protocol as p
 from edgekit.core import checks
 from edgekit.core.errors import BadInputError
 from edgekit.core.hardware import current_rss_mb, peak_rss_mb
+from edgekit.edge_apps import protocol as p
+from edgekit.edge_apps.grid import compose
 
 log = logging.getLogger("edgekit.meeting")
-TILE_W, TILE_H, PANEL_W = 240, 180, 320
 
 
 @dataclass(frozen=True)
@@ -210,62 +210,12 @@ class MeetingServer:
             participant.writer.write(message)
             await participant.writer.drain()  # a slow client waits here, alone
 
-    # ---- grids -------------------------------------------------------------------------------------------
-    def _compose(self, people: list[Participant]) -> tuple[bytes, bytes, list[float]]:
-        """On a worker thread: decode new tiles, draw both grids, encode them."""
-        import cv2
-
-        arrived = []
-        for q in people:
-            jpeg, q.jpeg = q.jpeg, None
-            if jpeg is not None:
-                size = p.jpeg_size(jpeg)
-                fits = size is not None and 0 < size[0] * size[1] <= p.MAX_TILE_PIXELS
-                image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) if fits else None
-                if image is None:
-                    q.bad_tiles += 1
-                else:
-                    q.image = cv2.resize(image, (TILE_W, TILE_H), interpolation=cv2.INTER_AREA)
-                    if q.arrived is not None:
-                        arrived.append(q.arrived)
-        cols = max(1, math.ceil(math.sqrt(len(people))))
-        rows = max(1, math.ceil(len(people) / cols))
-        clean = np.zeros((rows * TILE_H, cols * TILE_W, 3), np.uint8)
-        for i, q in enumerate(people):
-            y, x = divmod(i, cols)
-            tile = clean[y * TILE_H:(y + 1) * TILE_H, x * TILE_W:(x + 1) * TILE_W]
-            if q.image is not None:
-                tile[:] = q.image
-            elif q.privacy:
-                cv2.putText(tile, "labels only", (6, TILE_H // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (160, 160, 160), 1,
-                            cv2.LINE_AA)
-            cv2.putText(tile, q.name, (6, TILE_H - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-        annotated = np.zeros((max(rows * TILE_H, 240), cols * TILE_W + PANEL_W, 3), np.uint8)
-        annotated[:rows * TILE_H, :cols * TILE_W] = clean
-        for i, q in enumerate(people):
-            y, x = divmod(i, cols)
-            colour = (128, 128, 128) if q.label == "waiting" else \
-                (0, 200, 0) if q.label == "attentive" else (0, 0, 230)
-            cv2.rectangle(annotated, (x * TILE_W + 1, y * TILE_H + 1), ((x + 1) * TILE_W - 2, (y + 1) * TILE_H - 2),
-                          colour, 3)
-            cv2.putText(annotated, f"{q.label} {q.score:.2f}", (x * TILE_W + 8, y * TILE_H + 22),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour, 2, cv2.LINE_AA)
-        panel_x = cols * TILE_W + 10
-        lines = [f"participants: {len(people)}", time.strftime("%H:%M:%S")] + \
-                [f"{q.name[:14]:<14} {q.label[:13]:<13} {q.score:.2f}" for q in people[:40]]
-        for j, text in enumerate(lines):
-            cv2.putText(annotated, text, (panel_x, 24 + 20 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                        cv2.LINE_AA)
-        quality = [cv2.IMWRITE_JPEG_QUALITY, 75]
-        return cv2.imencode(".jpg", annotated, quality)[1].tobytes(), cv2.imencode(".jpg", clean, quality)[1].tobytes(), \
-            arrived
-
     async def _composer(self) -> None:
         period = 1.0 / self.cfg.fps
         while True:
             started = time.monotonic()
             people = sorted(self.participants.values(), key=lambda q: q.id)
-            annotated, clean, arrived = await asyncio.to_thread(self._compose, people)
+            annotated, clean, arrived = await asyncio.to_thread(compose, people)
             now = time.monotonic()
             self.latencies.extend(now - t for t in arrived)
             self.grids += 1
@@ -337,113 +287,3 @@ class MeetingServer:
                 q.writer.close()
             if self.http is not None:
                 self.http.close()
-
-
-# ---- client ------------------------------------------------------------------------------------------------
-class JoinRefused(BadInputError):
-    """The server said no (wrong token, meeting full): retrying will not help."""
-
-
-class MeetingClient:
-    """A blocking client: ``send_*`` from the app's loop, a thread receives grids and pongs."""
-
-    def __init__(self, server: str, name: str, token: str, privacy: bool = False, tls: bool = False,
-                 tls_ca: str | None = None, max_message: int = p.MAX_MESSAGE):
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit():
-            raise BadInputError(f"--server needs HOST:PORT, got {server!r}")
-        self.host, self.port = host, int(port)
-        self.name, self.token, self.privacy = name, token, privacy
-        self.tls, self.tls_ca, self.max_message = tls, tls_ca, max_message
-        self.sock = None
-        self.lock = threading.Lock()
-        self.grid: bytes | None = None
-        self.grids = 0
-        self.welcome: dict = {}
-        self.error: str | None = None
-        self.connects = 0
-        self.last_sent = 0.0
-
-    @property
-    def connected(self) -> bool:
-        return self.sock is not None
-
-    def connect(self) -> None:
-        import socket
-
-        raw = socket.create_connection((self.host, self.port), timeout=5.0)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock = raw
-        if self.tls:
-            context = ssl.create_default_context(cafile=self.tls_ca)
-            sock = context.wrap_socket(raw, server_hostname=self.host)
-        sock.sendall(p.encode_json(p.HELLO, {"token": self.token, "name": self.name, "privacy": self.privacy}))
-        kind, payload = p.recv_message(sock, self.max_message)
-        if kind == p.ERROR:
-            sock.close()
-            raise JoinRefused(f"the server refused to let {self.name!r} join: {p.decode_json(payload).get('reason')}")
-        if kind != p.WELCOME:
-            sock.close()
-            raise p.ProtocolError(f"expected WELCOME, got {p.NAMES[kind]}")
-        self.welcome = p.decode_json(payload)
-        sock.settimeout(None)
-        self.sock = sock
-        self.connects += 1
-        self.last_sent = time.monotonic()
-        threading.Thread(target=self._receive, args=(sock,), name="edgekit-join-recv", daemon=True).start()
-        threading.Thread(target=self._heartbeat, args=(sock, float(self.welcome.get("heartbeat_s", 2.0))),
-                         name="edgekit-join-ping", daemon=True).start()
-
-    def _heartbeat(self, sock, every: float) -> None:
-        """PING when nothing else was sent for a while (a frozen camera must not look like a dead client)."""
-        while self.sock is sock:
-            time.sleep(every / 2)
-            if time.monotonic() - self.last_sent >= every:
-                self.send(p.encode(p.PING))
-
-    def _receive(self, sock) -> None:
-        """Reads until the connection ends, then closes the socket. Only this thread closes it: closing it
-        from another thread while a read is in flight would let that read land on whatever socket reuses the
-        file descriptor next (OpenSSL keeps the raw descriptor), which a test caught."""
-        try:
-            while True:
-                kind, payload = p.recv_message(sock, self.max_message)
-                if kind == p.GRID:
-                    self.grid, self.grids = payload, self.grids + 1
-                elif kind == p.ERROR:
-                    self.error = p.decode_json(payload).get("reason")
-        except (OSError, ConnectionError, p.ProtocolError) as exc:
-            self.error = self.error or f"{type(exc).__name__}: {exc}"
-        finally:
-            self.drop(sock)
-            sock.close()
-
-    def drop(self, sock=None) -> None:
-        """Mark the connection gone and shut it down; the receive thread then wakes up and closes it."""
-        import socket
-
-        with self.lock:
-            if self.sock is not None and (sock is None or sock is self.sock):
-                try:
-                    self.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already reset by the peer
-                self.sock = None
-
-    def send(self, message: bytes) -> bool:
-        with self.lock:
-            sock = self.sock
-            if sock is None:
-                return False
-            try:
-                sock.sendall(message)
-                self.last_sent = time.monotonic()
-                return True
-            except OSError as exc:
-                self.error = f"send failed: {exc}"
-        self.drop(sock)
-        return False
-
-    def close(self) -> None:
-        self.send(p.encode(p.BYE))
-        self.drop()

@@ -1,0 +1,90 @@
+"""`edgekit run` as a library call: a model, a frame source and an app, wired into the pipeline.
+
+:func:`run_camera` takes one validated :class:`RunConfig`, checks the output folder before it loads anything,
+runs the pipeline until the source ends (or ``max_frames``, or Ctrl-C), and always closes what it opened in
+order: the pipeline's sinks (inside ``Pipeline.run``), then the frame source (stop, join, release), then the
+runtime. It writes ``events.jsonl``, ``summary.json`` and, when asked, ``annotated.avi`` into ``out``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekit.core import checks
+from edgekit.core.errors import BadInputError
+from edgekit.edge_apps.apps import AppSettings, Timer, app_class, build_app
+from edgekit.edge_apps.pipeline import JsonlEvents, Pipeline, PipelineConfig, StreamSink, VideoSink, WindowSink
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    runtime: str | None = None  # None: the file's natural runtime
+    source: str = "0"  # camera index, video file, image folder or stream URL
+    app: str = "classify"  # a name in edgekit.edge_apps.apps.APPS
+    faces: str | None = None  # haar, none or a cascade .xml; None: the app's default
+    out: str = "runs/run"
+    save_video: bool = True
+    serve: str | None = None  # HOST:PORT for the MJPEG stream
+    show: bool = False
+    realtime: bool = False
+    loop: bool = False
+    reconnect: int = 5
+    threads: int = 2
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    settings: AppSettings = field(default_factory=AppSettings)
+
+    def __post_init__(self) -> None:
+        app_class(self.app)  # an unknown app fails before the model is loaded
+        checks.within("--reconnect", self.reconnect, 0, 1000)
+        checks.threads("--threads", self.threads)
+
+
+def prepare_output(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot write to {folder}: {exc.strerror}") from exc
+    return folder
+
+
+def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -> dict:
+    """Run ``cfg.app`` on every frame of ``cfg.source``; returns the summary (also written as summary.json).
+    ``say`` receives progress lines meant for the user (the stream's URL)."""
+    from edgekit.edge_apps.faces import load_detector
+    from edgekit.edge_apps.sources import FrameSource
+    from edgekit.runtimes import RuntimeOptions, load_runtime
+
+    folder = prepare_output(Path(cfg.out))
+    detector = load_detector(cfg.faces if cfg.faces is not None else app_class(cfg.app).default_faces)
+    rt = load_runtime(cfg.model, cfg.runtime, RuntimeOptions(threads=cfg.threads))
+    frames = None
+    try:
+        timer = Timer()
+        app = build_app(cfg.app, rt, timer, detector, cfg.settings)
+        frames = FrameSource(cfg.source, reconnect=cfg.reconnect, realtime=cfg.realtime, loop=cfg.loop)
+        sinks = [VideoSink(folder / "annotated.avi", frames.fps)] if cfg.save_video else []
+        if cfg.show:
+            sinks.append(WindowSink())
+        if cfg.serve:
+            from edgekit.edge_apps.stream import MjpegServer
+
+            server = MjpegServer(cfg.serve, title=f"edgekit run --app {cfg.app}")
+            sinks.append(StreamSink(server))
+            say(f"streaming on {server.url}")
+        pipeline = Pipeline(app, timer, cfg.pipeline, events=JsonlEvents(folder / "events.jsonl"), sinks=sinks)
+        try:
+            summary = pipeline.run(frames)
+        except KeyboardInterrupt:
+            summary = pipeline.summary(frames)  # run() closed the sinks: the video is finalised, events flushed
+            summary["interrupted"] = True
+    finally:
+        if frames is not None:
+            frames.close()
+        rt.close()
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary["written"] = [str(folder / name) for name in ("events.jsonl", "summary.json", "annotated.avi")
+                          if name != "annotated.avi" or cfg.save_video]
+    return summary

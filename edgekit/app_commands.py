@@ -1,0 +1,227 @@
+"""The camera and meeting subcommands (run, serve, join, dataset, doctor): thin wrappers that build a
+config, call the library and print. The model commands are in edgekit.commands."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgekit.edge_apps.apps import APPS
+from edgekit.group import cli, ctrl_c_interrupts
+
+
+@cli.command("run")
+@click.option("--model", required=True, type=click.Path(), help="A .pt checkpoint, .onnx or OpenVINO .xml.")
+@click.option("--runtime", default=None, help="pytorch, onnxruntime or openvino (default: the file's natural one).")
+@click.option("--source", default="0", show_default=True,
+              help="Camera index, video file, image folder or stream URL (rtsp://, http://).")
+@click.option("--app", type=click.Choice(sorted(APPS)), default="classify", show_default=True,
+              help="classify: whole frame (or face with --faces); attend: largest face -> binary attentiveness "
+                   "averaged over --window frames; driver: 10-class distraction + eye-closure drowsiness alerts.")
+@click.option("--faces", default=None, help="Face detector: haar, none or a cascade .xml "
+              "(default: haar for attend/driver, none for classify).")
+@click.option("--out", default="runs/run", show_default=True,
+              help="Folder for events.jsonl, summary.json and (with --save-video) annotated.avi.")
+@click.option("--save-video/--no-save-video", default=True, show_default=True, help="Write the annotated video.")
+@click.option("--serve", default=None, metavar="HOST:PORT",
+              help="Stream the annotated video as MJPEG over HTTP (e.g. :8080; open http://HOST:PORT/ in a browser).")
+@click.option("--show", is_flag=True, help="Show a window (needs a display and OpenCV with GUI; q quits).")
+@click.option("--smooth", default="window:5", show_default=True, help="window:N, ema:ALPHA or none.")
+@click.option("--hold", default=3, show_default=True, help="Frames a new label must stay on top before it is reported.")
+@click.option("--every", default=1, show_default=True, help="Run the model on every k-th frame only.")
+@click.option("--motion-gate", default=0.0, show_default=True,
+              help="Reuse the last result while the picture changes less than this (mean grey levels, 0-255; 0 = off).")
+@click.option("--scale", default=1.0, show_default=True, help="Resize frames by this factor before anything else.")
+@click.option("--window", default=5, show_default=True, help="attend: frames averaged per decision.")
+@click.option("--positive", default=None,
+              help="attend: the attentive label (default: the model's recorded positive label).")
+@click.option("--safe-label", default=None, help="driver: the safe-driving label (default: c0 or a label with 'safe').")
+@click.option("--alert-after", default=2.0, show_default=True, help="driver: seconds of distraction before an alert.")
+@click.option("--perclos-seconds", default=30.0, show_default=True, help="driver: PERCLOS window in seconds.")
+@click.option("--perclos-threshold", default=0.3, show_default=True,
+              help="driver: share of closed-eye frames in the window that raises the drowsiness alert.")
+@click.option("--realtime", is_flag=True,
+              help="Play a video file or folder at its frame rate, like a camera (the newest frame wins).")
+@click.option("--loop", is_flag=True, help="Restart a video file or folder at its end (until Ctrl-C or --max-frames).")
+@click.option("--reconnect", default=5, show_default=True, help="URL sources: re-open attempts (with backoff) after a drop.")
+@click.option("--max-frames", default=0, show_default=True, help="Stop after N frames (0 = until the source ends).")
+@click.option("--threads", default=2, show_default=True, help="Inference threads.")
+def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str | None, out: str, save_video: bool,
+            serve: str | None, show: bool, realtime: bool, loop: bool, reconnect: int, threads: int, every: int,
+            max_frames: int, motion_gate: float, scale: float, **settings) -> None:
+    """Classify frames from a camera, video, folder or URL in real time with any runtime.
+
+    Prints a per-stage latency summary at the end (Ctrl-C ends early; files written so far are kept).
+    """
+    ctrl_c_interrupts()
+    from edgekit.edge_apps.apps import AppSettings
+    from edgekit.edge_apps.camera import RunConfig, run_camera
+    from edgekit.edge_apps.pipeline import PipelineConfig, format_summary
+
+    cfg = RunConfig(model=model, runtime=runtime, source=source, app=app, faces=faces, out=out, save_video=save_video,
+                    serve=serve, show=show, realtime=realtime, loop=loop, reconnect=reconnect, threads=threads,
+                    pipeline=PipelineConfig(every=every, max_frames=max_frames, motion_gate=motion_gate, scale=scale),
+                    settings=AppSettings(**settings))
+    summary = run_camera(cfg, say=lambda line: click.echo(line, err=True))
+    if summary.get("interrupted"):
+        click.echo("interrupted", err=True)
+    click.echo(format_summary(summary))
+    click.echo("wrote " + ", ".join(summary["written"]), err=True)
+
+
+@cli.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface for participants.")
+@click.option("--port", default=7700, show_default=True, help="TCP port for participants (0 = any free port).")
+@click.option("--http", default=":8080", show_default=True, metavar="HOST:PORT",
+              help="Dashboard (annotated grid as MJPEG, status panel, /status.json); 'off' to disable.")
+@click.option("--token", envvar="EDGEKIT_TOKEN", default="",
+              help="Shared join token (or $EDGEKIT_TOKEN); a random one is made and printed when empty.")
+@click.option("--fps", default=10.0, show_default=True, help="Grids per second.")
+@click.option("--timeout", default=6.0, show_default=True, help="Seconds of silence before a participant is dropped.")
+@click.option("--max-clients", default=64, show_default=True)
+@click.option("--max-message-kb", default=2048, show_default=True, help="Largest accepted message (a tile).")
+@click.option("--tls-cert", default=None, type=click.Path(), help="PEM certificate: participants connect with TLS.")
+@click.option("--tls-key", default=None, type=click.Path(), help="PEM private key for --tls-cert.")
+@click.option("--duration", default=0.0, show_default=True, help="Stop after N seconds (0 = until Ctrl-C).")
+@click.option("--json", "json_path", default=None, help="Write the final status here at exit.")
+def serve(host: str, port: int, http: str, token: str, fps: float, timeout: float, max_clients: int,
+          max_message_kb: int, tls_cert: str | None, tls_key: str | None, duration: float,
+          json_path: str | None) -> None:
+    """EdgeAttend server: participants `edgekit join`, the host watches the annotated grid in a browser."""
+    ctrl_c_interrupts()
+    import asyncio
+
+    from edgekit.edge_apps.meeting_server import MeetingServer, ServerConfig
+
+    server = MeetingServer(ServerConfig(host=host, port=port, http=None if http == "off" else http, token=token,
+                                        fps=fps, timeout=timeout, max_clients=max_clients,
+                                        max_message=max_message_kb * 1024, tls_cert=tls_cert, tls_key=tls_key,
+                                        duration=duration))
+
+    def ready(s: MeetingServer) -> None:
+        click.echo(f"meeting on {host}:{s.port}{' (TLS)' if tls_cert else ''}"
+                   + (f", dashboard {s.http.url}" if s.http else "")
+                   + ("" if token else f", join token {s.token}"), err=True)
+        click.echo(f"participants: edgekit join --server HOST:{s.port} --name NAME --token TOKEN --model M.onnx",
+                   err=True)
+
+    try:
+        asyncio.run(server.serve(ready))
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    status = server.status()
+    if json_path:
+        Path(json_path).write_text(json.dumps(status, indent=2) + "\n")
+    lat = status["latency_ms"]
+    click.echo(f"{server.grids} grids, {server.joins_and_leaves} joins/leaves, {server.rejected} connections refused"
+               + (f", frame-to-grid p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms" if lat else ""))
+
+
+@cli.command()
+@click.option("--server", required=True, metavar="HOST:PORT", help="The `edgekit serve` address.")
+@click.option("--name", required=True, help="Your name on the grid.")
+@click.option("--token", envvar="EDGEKIT_TOKEN", default="", help="The meeting's join token (or $EDGEKIT_TOKEN).")
+@click.option("--model", required=True, type=click.Path(), help="Binary attentiveness model (.onnx, .xml or .pt).")
+@click.option("--runtime", default=None, help="pytorch, onnxruntime or openvino (default: the file's natural one).")
+@click.option("--source", default="0", show_default=True, help="Camera index, video file or URL.")
+@click.option("--loop", is_flag=True, help="Restart a video file at its end (a file standing in for a camera).")
+@click.option("--faces", default="haar", show_default=True, help="Face detector: haar or a cascade .xml.")
+@click.option("--window", default=5, show_default=True, help="Frames averaged per decision.")
+@click.option("--privacy", is_flag=True, help="Send labels only, never video.")
+@click.option("--tls", is_flag=True, help="Connect with TLS.")
+@click.option("--tls-ca", default=None, type=click.Path(), help="CA file that signed the server's certificate.")
+@click.option("--fps", default=10.0, show_default=True, help="Tiles per second at most.")
+@click.option("--duration", default=0.0, show_default=True, help="Leave after N seconds (0 = until Ctrl-C).")
+@click.option("--out", default="runs/join", show_default=True, help="Folder for summary.json and the last grid.jpg.")
+@click.option("--serve", default=None, metavar="HOST:PORT", help="Show the shared grid as MJPEG on this address.")
+@click.option("--show", is_flag=True, help="Show the shared grid in a window (needs a display and OpenCV with GUI).")
+@click.option("--threads", default=2, show_default=True)
+def join(server: str, name: str, token: str, model: str, runtime: str | None, source: str, loop: bool, faces: str,
+         window: int, privacy: bool, tls: bool, tls_ca: str | None, fps: float, duration: float, out: str,
+         serve: str | None, show: bool, threads: int) -> None:
+    """Join an EdgeAttend meeting: attentiveness is computed here; only a tile and the label are sent."""
+    ctrl_c_interrupts()
+    from edgekit.edge_apps.apps import AppSettings, Timer, build_app
+    from edgekit.edge_apps.faces import load_detector
+    from edgekit.edge_apps.join import JoinConfig, run_join, write_summary
+    from edgekit.edge_apps.meeting_client import MeetingClient
+    from edgekit.runtimes import RuntimeOptions, load_runtime
+
+    config = JoinConfig(source=source, fps=fps, duration=duration, loop=loop)
+    settings = AppSettings(window=window)
+    client = MeetingClient(server, name, token, privacy=privacy, tls=tls, tls_ca=tls_ca)
+    rt = load_runtime(model, runtime, RuntimeOptions(threads=threads))
+    app = build_app("attend", rt, Timer(), load_detector(faces), settings)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    viewers = []
+    if show:
+        from edgekit.edge_apps.pipeline import WindowSink
+
+        viewers.append(WindowSink(f"edgekit meeting: {name}"))
+    if serve:
+        from edgekit.edge_apps.stream import MjpegServer
+
+        viewers.append(MjpegServer(serve, title=f"edgekit meeting: {name}"))
+        click.echo(f"shared grid on {viewers[-1].url}", err=True)
+    try:
+        result = run_join(client, app, config, folder, viewers)
+    except KeyboardInterrupt:
+        result = {"interrupted": True, "grids_received": client.grids, "connects": client.connects}
+    finally:
+        rt.close()
+        for viewer in viewers:
+            viewer.close()
+    write_summary(folder, result)
+    click.echo(json.dumps(result))
+
+
+@cli.group()
+def dataset() -> None:
+    """Prepare training data for the camera apps."""
+
+
+@dataset.command("faces")
+@click.argument("videos", type=click.Path())
+@click.option("--labels", required=True, type=click.Path(), help="CSV with a clip column and a 0-3 level column.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder: <label>/*.jpg and faces.csv.")
+@click.option("--column", default="Engagement", show_default=True, help="The level column.")
+@click.option("--clip-column", default="ClipID", show_default=True, help="The clip file name column.")
+@click.option("--threshold", default=2, show_default=True, help="Level >= threshold is 'attentive'.")
+@click.option("--fps", default=1.0, show_default=True, help="Frames sampled per second of video.")
+@click.option("--size", default=112, show_default=True, help="Crop side in pixels.")
+@click.option("--person-level", default=2, show_default=True,
+              help="The person is the folder this many levels above the video (DAiSEE: 2).")
+def dataset_faces(**options) -> None:
+    """Face crops from labelled clips (DAiSEE layout), grouped by person for `edgekit train --group-column person`."""
+    from tqdm import tqdm
+
+    from edgekit.edge_apps.dataset import FaceDatasetConfig, build_face_dataset
+
+    cfg = FaceDatasetConfig(**options)
+    report = build_face_dataset(cfg, lambda videos: tqdm(videos, desc="clips", unit="clip"))
+    click.echo(f"{report.clips} clips, {report.frames} frames sampled, {report.faces} faces from "
+               f"{len(report.persons)} persons: " + ", ".join(f"{k} {v}" for k, v in sorted(report.per_label.items())))
+    for what, paths in (("without a label (skipped)", report.unlabelled), ("unreadable (skipped)", report.unreadable)):
+        if paths:
+            click.echo(f"{len(paths)} clips {what}, e.g. {paths[0]}", err=True)
+    click.echo(f"next: edgekit train --data {Path(cfg.out) / 'faces.csv'} --group-column person --binary", err=True)
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path())
+@click.option("--runtime", default=None, help="Runtime to try the model with (default: the file's natural one).")
+@click.option("--camera", default=0, show_default=True, help="Camera index to probe.")
+@click.option("--json", "json_path", default=None, help="Also write the checks as JSON.")
+def doctor(model: str | None, runtime: str | None, camera: int, json_path: str | None) -> None:
+    """Check this machine (and optionally MODEL): OS, CPU and what it means for INT8, runtimes, memory,
+    camera, and whether the model loads and runs. Exit 1 when a check fails."""
+    from edgekit.doctor import format_checks, run_checks, to_json
+
+    checks = run_checks(model, runtime, camera)
+    click.echo(format_checks(checks))
+    if json_path:
+        Path(json_path).write_text(json.dumps(to_json(checks), indent=2) + "\n")
+    if any(c.status == "fail" for c in checks):
+        raise click.exceptions.Exit(1)
