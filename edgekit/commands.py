@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from edgekit.group import cli
-from edgekit.core.errors import BadInputError, require
+from edgekit.core.errors import BadInputError, installed
 
 
 def _need_torch() -> None:
-    require("torch", "train", "training and PyTorch quantization")
-    require("torchvision", "train", "the model zoo")
+    installed("torch", "train", "training and PyTorch quantization")
+    installed("torchvision", "train", "the model zoo")
 
 
 @cli.command()

@@ -57,6 +57,7 @@ def test_attend_scores_zero_when_faces_are_missing(binary_models, clip, tmp_path
     assert events_of(tmp_path) == [{**events_of(tmp_path)[0], "label": "not attentive", "score": 0.0}]
 
 
+@pytest.mark.slow
 def test_driver_monitor_alerts_follow_the_threshold(exported, faces_video, tmp_path):
     out, _ = exported
     labels = json.loads((out / "model_int8.onnx.edgekit.json").read_text())["spec"]["labels"]
@@ -88,6 +89,7 @@ def test_alert_timer_and_perclos():
     assert values == [0.0, 0.5, 0.5, 2 / 3, 1.0]  # no-face frames do not count; old samples leave the window
 
 
+@pytest.mark.browser
 def test_mjpeg_stream_plays_in_headless_chromium_and_ctrl_c_keeps_the_files(binary_models, faces_video, tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "run", "--app", "attend", "--model",
@@ -135,6 +137,7 @@ class DroppingServer(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.network
 def test_url_source_reconnects_after_a_drop(exported, clip, tmp_path):
     out, _ = exported
     handler = type("Handler", (DroppingServer,), {"payload": clip.read_bytes(), "requests": 0})
@@ -220,6 +223,7 @@ def test_show_without_a_display_says_how_to_watch_instead(exported, clip, tmp_pa
     assert proc.returncode == 2 and "--serve" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.network
 def test_stream_server_serves_newest_frame_and_status(tmp_path):
     import urllib.request
 

@@ -8,6 +8,9 @@ import pytest
 
 from conftest import run_cli
 
+# Tier: one process per bench row, on exported models.
+pytestmark = pytest.mark.slow
+
 FAST = ("--min-runs", "5", "--min-seconds", "0", "--warmup", "1")
 
 

@@ -10,6 +10,9 @@ import pytest
 
 from conftest import REPO, free_port, run_cli
 
+# Tier: builds a separate virtual environment (the device install).
+pytestmark = pytest.mark.slow
+
 # Installed as `torch` in the device venv: any attempt to import torch, in any process, leaves a marker.
 TORCH_TRIPWIRE = """import os
 open(os.environ["EDGEKIT_TORCH_TRIPWIRE"], "a").write("torch import attempted\\n")

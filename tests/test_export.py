@@ -9,6 +9,9 @@ import pytest
 from conftest import run_cli
 from edgekit.export.core import ExportConfig, export
 
+# Tier: exports, calibrates and verifies real artifacts.
+pytestmark = pytest.mark.slow
+
 
 def test_every_artifact_is_written_with_its_sidecar_and_verified(exported):
     out, result = exported

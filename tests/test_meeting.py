@@ -19,6 +19,9 @@ from browser import Browser
 from conftest import free_port
 from edgekit.edge_apps import protocol as p
 
+# Tier: servers and clients talking over 127.0.0.1.
+pytestmark = pytest.mark.network
+
 TOKEN = "test-token"
 
 
@@ -217,6 +220,7 @@ def test_hostile_connections_are_closed_and_the_others_carry_on(tmp_path):
         good.stop = True
 
 
+@pytest.mark.browser
 def test_dashboard_in_headless_chromium_shows_the_grid_and_the_clients():
     with meeting() as (port, http, server):
         clients = [SimClient(port, name) for name in ("dora", "emil")]

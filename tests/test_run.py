@@ -86,6 +86,7 @@ def test_window_and_ema_smoothing():
     assert np.isclose(probabilities(np.array([1.0, 2.0, 3.0]), binary=False).sum(), 1.0)
 
 
+@pytest.mark.network
 def test_url_source_is_read_live_and_every_frame_is_accounted_for(exported, clip, tmp_path):
     """A real HTTP server streams the clip; the capture thread keeps the newest frame, so each frame read
     is either processed or counted as dropped."""

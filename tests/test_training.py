@@ -153,6 +153,7 @@ def test_a_model_that_predicts_one_class_gets_a_warning():
     assert collapse_warnings(np.eye(3)[[0, 1, 2, 1]], spec) == []
 
 
+@pytest.mark.slow
 def test_the_positive_class_is_chosen_recorded_and_reported(binary_models, tmp_path):
     """`attentive` sorts first, yet it is the positive class: put second, recorded, and every binary metric
     (and the evaluation commands' relabelled data) is about it; --positive picks the other one."""

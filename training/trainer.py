@@ -278,14 +278,14 @@ def plot_curves(history: list[dict], path: Path) -> Path:
 
 def train(cfg: TrainConfig) -> dict:
     """Train, evaluate on the test split, write model.pt, metrics.json and curves.png to ``cfg.out``."""
+    out = Path(cfg.out)
+    table = load_data(cfg)  # bad data fails here, before torch is imported
+    spec = make_spec(cfg, table)
     import torch
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    out = Path(cfg.out)
-    table = load_data(cfg)
-    spec = make_spec(cfg, table)
     model = build_model(cfg.model, spec.num_outputs, HeadConfig(cfg.dropout, cfg.hidden), cfg.weights)
     loaders = {name: make_loader(table, table.indices(name), spec, cfg.batch_size, train=name == "train",
                                  hflip=cfg.hflip, seed=cfg.seed, workers=cfg.workers)

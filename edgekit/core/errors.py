@@ -48,6 +48,15 @@ class MissingExtraError(EdgekitError):
         self.extra = extra
 
 
+def installed(module: str, extra: str, purpose: str = "") -> None:
+    """Check that ``module`` is installed without importing it (torch takes seconds to import: commands check
+    their input first and import it when they need it); raise :class:`MissingExtraError` when it is not."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(module, extra, purpose)
+
+
 def require(module: str, extra: str, purpose: str = ""):
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
     import importlib
