@@ -68,7 +68,7 @@ def evaluation_set(data: str, spec, images: int, seed: int):
     def inputs(start: int, stop: int) -> np.ndarray:
         return table.inputs(indices[start:stop], spec)
 
-    return inputs, len(indices), table.labels[indices]
+    return inputs, len(indices), (table.labels[indices] if table.labelled else None)
 
 
 def run_job(job: dict) -> dict:

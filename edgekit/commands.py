@@ -66,8 +66,10 @@ def train(**options) -> None:
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("--data", required=True, help="The data the model was trained on: calibration uses its train "
-              "split, the comparison its test split.")
+@click.option("--data", default=None, help="The data the model was trained on: calibration uses its train "
+              "split, the comparison its test split (an imported model: all of it; unlabelled images: agreement only).")
+@click.option("--calib", default=None, help="Calibrate on these unlabelled images instead: a folder (recursive), "
+              "a video (frames sampled evenly) or a CSV with a path column.")
 @click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
               help="static: INT8 weights and activations, calibrated. dynamic: INT8 Linear weights only.")
 @click.option("--engine", type=click.Choice(["auto", "x86", "fbgemm", "qnnpack", "onednn"]), default="auto",
@@ -75,6 +77,8 @@ def train(**options) -> None:
 @click.option("--reduce-range/--full-range", default=False, show_default=True,
               help="7-bit activations: avoids int16 saturation on x86 CPUs without VNNI, usually costs accuracy.")
 @click.option("--calib-batches", default=32, show_default=True, help="Calibration batches from the train split.")
+@click.option("--keep-float", default="", help="Modules kept in float, comma-separated: first (the stem "
+              "convolution), last (the classifier) and/or module names.")
 @click.option("--batch", "batch_size", default=32, show_default=True)
 @click.option("--out", default=None, help="Output checkpoint (default: <checkpoint>_int8.pt).")
 @click.option("--limit-test", default=0, show_default=True, help="Compare on at most N test images (0 = all).")
@@ -86,11 +90,17 @@ def quantize(checkpoint: str, json_path: str | None, **options) -> None:
     _need_torch()
     from edgekit.training.quantize import QuantizeConfig, format_comparison, quantize_checkpoint
 
-    result = quantize_checkpoint(QuantizeConfig(checkpoint=checkpoint, **options))
+    keep = tuple(k.strip() for k in options.pop("keep_float").split(",") if k.strip())
+    result = quantize_checkpoint(QuantizeConfig(checkpoint=checkpoint, keep_float=keep, **options))
     click.echo(format_comparison(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2, default=str) + "\n")
     click.echo(f"INT8 checkpoint: {result['int8']['path']}")
+    if result.get("gate_problems"):
+        click.echo("INT8 misses the gate that export and verify apply: " + "; ".join(result["gate_problems"])
+                   + ". Try more or other calibration images (--calib), --reduce-range, or export's ONNX/OpenVINO INT8.",
+                   err=True)
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()
@@ -112,6 +122,54 @@ def demo(out: str, epochs: int, threads: int) -> None:
         raise VerificationFailed(f"{len(failed)} artifact(s) missed their gate: {'; '.join(failed)}")
 
 
+def _floats(name: str, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise BadInputError(f"{name} takes comma-separated numbers such as 0.5,0.5,0.5; got {value!r}") from None
+
+
+@cli.command("import")
+@click.argument("source")
+@click.option("--out", default=None, help="Output folder (default: runs/import/<name>).")
+@click.option("--arch", default=None, help="Architecture of a state dict (default: the registered one it fits).")
+@click.option("--labels", default=None, help="Labels file (one per line, in output order) or 'imagenet' "
+              "(the default for 1000 outputs).")
+@click.option("--imgsz", "input_size", type=int, default=None, help="Input size (default: 224, or the ONNX graph's).")
+@click.option("--resize", type=click.Choice(["squash", "letterbox", "crop"]), default=None,
+              help="How images reach the input size (default: crop for ImageNet models, squash otherwise).")
+@click.option("--resize-to", default=0, show_default=True, help="crop: resize the shorter side to this first "
+              "(0: the weights' own, or input/0.875).")
+@click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True,
+              help="Colour order the network expects.")
+@click.option("--mean", default=None, help="Per-channel mean after scaling to [0, 1] (default: ImageNet's).")
+@click.option("--std", default=None, help="Per-channel std (default: ImageNet's).")
+@click.option("--positive", default=None, help="One-logit models: the positive label (the second in --labels).")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled full model (unpickling runs code from the file).")
+def import_cmd(source: str, mean: str | None, std: str | None, **options) -> None:
+    """Make a model edgekit did not train into an edgekit model: attach a spec (labels, input size, colour
+    order, normalisation, resize mode). Every other command then works on the result.
+
+    \b
+    SOURCE: torchvision:mobilenet_v2          torchvision's ImageNet weights (from its cache)
+            weights.pth --arch mobilenet_v2   a torchvision state dict
+            model.onnx --labels labels.txt    an ONNX file (plain torch.onnx.export is fine)
+    """
+    from edgekit.export.importing import IMAGENET_MEAN, IMAGENET_STD, ImportConfig, import_model
+
+    cfg = ImportConfig(source=source, mean=_floats("--mean", mean) or IMAGENET_MEAN,
+                       std=_floats("--std", std) or IMAGENET_STD, **options)
+    path, spec = import_model(cfg)
+    click.echo(f"wrote {path}: {spec.arch}, {len(spec.labels)} labels, {spec.input_size[0]}x{spec.input_size[1]} "
+               f"{spec.color}, resize {spec.resize}" + (f" (shorter side {spec.resize_to})" if spec.resize_to else ""))
+    if path.suffix == ".pt":
+        click.echo(f"next: edgekit export {path} --int8 --calib PHOTOS   or   edgekit bench {path}", err=True)
+    else:
+        click.echo(f"next: edgekit bench {path}   or   edgekit run --model {path} --source 0", err=True)
+
+
 @cli.command()
 @click.argument("checkpoint", type=click.Path(), default="runs/train/model.pt")
 @click.option("--format", "formats", multiple=True, default=("onnx",), show_default=True,
@@ -120,10 +178,19 @@ def demo(out: str, epochs: int, threads: int) -> None:
 @click.option("--int8", is_flag=True, help="Also write INT8: ONNX QDQ (onnxruntime static quantization) / OpenVINO INT8.")
 @click.option("--fp16", is_flag=True, help="OpenVINO: also write an FP16 IR.")
 @click.option("--data", default=None, help="Calibration and verification data (default: the checkpoint's training data).")
-@click.option("--calib-size", default=1024, show_default=True, help="Calibration images from the train split.")
+@click.option("--calib", default=None, help="Calibrate on these unlabelled images instead of --data's train split: a "
+              "folder (recursive), a video (frames sampled evenly) or a CSV with a path column.")
+@click.option("--calib-size", default=1024, show_default=True, help="Calibration images (at most).")
 @click.option("--calib-batch", default=32, show_default=True)
+@click.option("--onnx-int8", type=click.Choice(["nncf", "ort"]), default="nncf", show_default=True,
+              help="ONNX INT8 via NNCF (MinMax ranges + bias correction; measured closer to FP32 on a real ImageNet "
+                   "network) or onnxruntime's quantize_static (--calib-method, --activation-type, --reduce-range).")
+@click.option("--onnx-bias-correction", type=click.Choice(["full", "fast"]), default="fast", show_default=True,
+              help="NNCF on ONNX: bias correction mode.")
+@click.option("--keep-float", default="", help="Layers kept in float on every INT8 route, comma-separated: first "
+              "(the stem convolution), last (the classifier) and/or node names.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True)
+              show_default=True, help="--onnx-int8 ort: onnxruntime's calibration method.")
 @click.option("--activation-type", type=click.Choice(["auto", "u8", "s8"]), default="auto", show_default=True,
               help="INT8 activation type; auto: U8 (see README).")
 @click.option("--reduce-range/--full-range", default=None,
@@ -146,7 +213,7 @@ def demo(out: str, epochs: int, threads: int) -> None:
 @click.option("--bundle", type=click.Choice(["pi"]), default=None,
               help="pi: a folder for a Raspberry Pi: models/, edgekit's wheel, pinned torch-free requirements, "
                    "install.sh, run.sh, README.md (--out is the bundle folder; default <checkpoint folder>/pi_bundle).")
-def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, **options) -> None:
+def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, keep_float: str, **options) -> None:
     """Export a checkpoint to ONNX (FP32, QDQ INT8) and/or OpenVINO IR (FP32, FP16, INT8).
 
     Every artifact carries the model spec (in the file and in a NAME.edgekit.json sidecar) and is verified
@@ -162,7 +229,8 @@ def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, **opti
             raise BadInputError("--bundle pi needs ONNX models: add --format onnx")
         bundle_dir = Path(options["out"] or Path(checkpoint).parent / "pi_bundle")
         options["out"] = str(bundle_dir / "models")
-    result = run_export(ExportConfig(checkpoint=checkpoint, formats=tuple(formats), **options))
+    keep = tuple(k.strip() for k in keep_float.split(",") if k.strip())
+    result = run_export(ExportConfig(checkpoint=checkpoint, formats=tuple(formats), keep_float=keep, **options))
     if result.verify_table:
         click.echo(result.verify_table)
     for line in result.lines:
@@ -181,6 +249,33 @@ def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, **opti
             click.echo(line, err=True)
         raise VerificationFailed(f"{len(result.failed)} artifact(s) missed their gate and were not written; "
                                  f"{len(result.artifacts)} written")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--calib", required=True, help="Unlabelled calibration images: a folder (recursive), a video or a CSV.")
+@click.option("--eval", "eval_data", required=True, help="Evaluation images: labelled data (the budget is on accuracy) "
+              "or unlabelled images (the budget is on top-1 agreement with FP32).")
+@click.option("--max-drop", default=0.01, show_default=True,
+              help="Largest accepted drop, as a fraction: 0.01 = 1 pp of accuracy, or 99% agreement.")
+@click.option("--runtimes", default="onnxruntime,openvino", show_default=True, help="Runtimes to try candidates on.")
+@click.option("--out", default=None, help="Folder for the winner (default: <checkpoint folder>/optimized).")
+@click.option("--calib-size", default=300, show_default=True)
+@click.option("--images", default=0, show_default=True, help="Evaluation images (0 = all).")
+@click.option("--threads", default=2, show_default=True)
+@click.option("--runs", default=50, show_default=True, help="Timed batch-1 calls per candidate.")
+def optimize(checkpoint: str, eval_data: str, runtimes: str, **options) -> None:
+    """Try the INT8 (and FP16) candidates, print agreement / accuracy delta / p50 / size for each, and write the
+    fastest one within --max-drop. Exit 1 when none is within budget."""
+    _need_torch()
+    from edgekit.export.optimize import OptimizeConfig, format_table, optimize as run_optimize
+
+    cfg = OptimizeConfig(checkpoint=checkpoint, eval=eval_data,
+                         runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()), **options)
+    results, winner, fp32 = run_optimize(cfg, lambda line: click.echo(line, err=True))
+    click.echo(format_table(results, winner, fp32, cfg))
+    if winner is None:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()
@@ -209,7 +304,7 @@ def verify(models: tuple[str, ...], reference: str, data: str | None, images: in
     click.echo(table)
     if json_path:
         Path(json_path).write_text(json.dumps([
-            {k: getattr(r, k) for k in ("name", "precision", "max_abs", "mean_abs", "agreement", "accuracy",
+            {k: getattr(r, k) for k in ("name", "precision", "max_abs", "mean_abs", "agreement", "top5", "accuracy",
                                         "delta_pp", "status")} for r in rows], indent=2) + "\n")
     if failures(rows):
         raise VerificationFailed("a tolerance is broken (see the status column)")

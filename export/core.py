@@ -30,12 +30,16 @@ class ExportConfig:
     int8: bool = False
     fp16: bool = False  # OpenVINO only
     data: str | None = None  # calibration / verification data (default: what the checkpoint was trained on)
+    calib: str | None = None  # unlabelled calibration images (folder, video, CSV) instead of --data's train split
     calib_size: int = 1024
     calib_batch: int = 32
     calib_method: str = "minmax"
     activation_type: str = "auto"  # auto (from the CPU), u8 or s8
     reduce_range: bool | None = None  # None: from the CPU
     exclude: tuple[str, ...] = ()
+    keep_float: tuple[str, ...] = ()  # layers kept in float on every INT8 route: first, last, node names
+    onnx_int8: str = "nncf"  # "nncf" (NNCF PTQ of the ONNX graph) or "ort" (onnxruntime quantize_static)
+    onnx_bias_correction: str = "fast"  # NNCF on ONNX: see onnx_format.nncf_qdq
     ov_int8: str = "nncf"  # "nncf" (NNCF PTQ on the IR) or "qdq" (from the QDQ ONNX); see openvino_format
     ov_bias_correction: str = "full"  # NNCF: "full" BiasCorrection or "fast" (NNCF's default); see nncf_int8
     bake_preprocess: bool = False
@@ -46,7 +50,8 @@ class ExportConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("ov_int8", self.ov_int8, ("nncf", "qdq")),
+        for name, value, allowed in (("ov_int8", self.ov_int8, ("nncf", "qdq")), ("onnx_int8", self.onnx_int8, ("nncf", "ort")),
+                                     ("onnx_bias_correction", self.onnx_bias_correction, ("full", "fast")),
                                      ("ov_bias_correction", self.ov_bias_correction, ("full", "fast")),
                                      ("calib_method", self.calib_method, ("minmax", "entropy", "percentile")),
                                      ("activation_type", self.activation_type, ("auto", "u8", "s8"))):
@@ -80,6 +85,8 @@ class ExportJob:
         self._fp32_onnx: Path | None = None
         self._int8_onnx: tuple[Path, dict] | None = None
         self._table = None
+        self._warned = False  # the small-calibration warning, once per export
+        self._calib = None  # (table, source) of the calibration images, loaded once for every INT8 route
         self.clock = time.perf_counter()  # start of the artifact being made, for its "exported in" time
 
     def table(self):
@@ -89,23 +96,31 @@ class ExportJob:
 
             data = data_source(self.cfg, self.ckpt)
             if data is None:
-                raise BadInputError("INT8 export needs calibration images: pass --data (the training data)")
+                raise BadInputError("INT8 export needs calibration images: pass --calib DIR|VIDEO (any unlabelled "
+                                    "images like the ones the model will see) or --data (the training data)")
             self._table = checkpoint_data(self.ckpt, data)
         return self._table
 
-    def calibration(self):
-        """The shared calibration iterator (same images and preprocessing for every INT8 route) and its audit."""
-        from edgekit.core.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
+    def calibration(self, limit: int | None = None):
+        """The shared calibration iterator (same images and preprocessing for every INT8 route) and its audit;
+        ``limit`` caps the number of images below --calib-size (a memory budget)."""
+        from edgekit.core.calibration import (MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches,
+                                              calibration_table)
 
         cfg = self.cfg
         if cfg.calib_size < cfg.calib_batch:
             raise BadInputError(f"--calib-size {cfg.calib_size} is smaller than one batch ({cfg.calib_batch})")
-        available = min(cfg.calib_size, len(self.table().indices("train")))
-        if available < MIN_RECOMMENDED_SAMPLES:
+        size = min(cfg.calib_size, limit or cfg.calib_size)
+        if self._calib is None:
+            self._calib = calibration_table(cfg.calib, self.table, cfg.calib_size, cfg.seed)
+        table, source = self._calib
+        available = min(size, len(table.indices("train")))
+        if available < MIN_RECOMMENDED_SAMPLES and not self._warned:
+            self._warned = True
             log.warning("calibrating on %d images; %d or more give steadier INT8 ranges", available,
                         MIN_RECOMMENDED_SAMPLES)
-        audit = CalibrationAudit()
-        return calibration_batches(self.table(), self.spec, cfg.calib_size, cfg.calib_batch, cfg.seed, audit), audit
+        audit = CalibrationAudit(source=source)
+        return calibration_batches(table, self.spec, size, min(cfg.calib_batch, size), cfg.seed, audit), audit
 
     def fp32_onnx(self) -> Path:
         if self._fp32_onnx is None:
@@ -122,14 +137,29 @@ class ExportJob:
 
     def int8_onnx(self) -> tuple[Path, dict]:
         if self._int8_onnx is None:
-            from edgekit.export.onnx_format import quantize_qdq
+            from edgekit.export.onnx_format import nncf_qdq, quantize_qdq
 
             cfg = self.cfg
-            batches, audit = self.calibration()
+            limit = None
+            if cfg.onnx_int8 == "ort" and cfg.calib_method != "minmax":
+                from edgekit.export.onnx_format import HISTOGRAM_BUDGET_MB, histogram_sample_cap
+
+                limit = histogram_sample_cap(self.fp32_onnx())
+                if limit < cfg.calib_size:
+                    log.warning("--calib-method %s keeps every intermediate tensor of every image in memory: "
+                                "calibrating on %d images to stay within %d MB (minmax has no such limit)",
+                                cfg.calib_method, limit, HISTOGRAM_BUDGET_MB)
+            batches, audit = self.calibration(limit)
             path = self.work / "model_int8.onnx"
-            recipe = quantize_qdq(self.fp32_onnx(), path, self.work, batches, audit, calib_method=cfg.calib_method,
-                                  activation_type=cfg.activation_type, reduce_range=cfg.reduce_range,
-                                  exclude=cfg.exclude, spec=self.spec.replace(precision="int8"))
+            if cfg.onnx_int8 == "nncf":
+                recipe = nncf_qdq(self.fp32_onnx(), path, batches, audit, num_samples=cfg.calib_size,
+                                  bias_correction=cfg.onnx_bias_correction, keep_float=cfg.keep_float,
+                                  spec=self.spec.replace(precision="int8"))
+            else:
+                recipe = quantize_qdq(self.fp32_onnx(), path, self.work, batches, audit,
+                                      calib_method=cfg.calib_method, activation_type=cfg.activation_type,
+                                      reduce_range=cfg.reduce_range, exclude=cfg.exclude, keep_float=cfg.keep_float,
+                                      spec=self.spec.replace(precision="int8"))
             self._int8_onnx = (path, recipe)
         return self._int8_onnx
 
@@ -193,8 +223,9 @@ def export_openvino(job: ExportJob) -> list[Artifact]:
         notes = {}
         if precision == "int8" and job.cfg.ov_int8 == "nncf":
             batches, audit = job.calibration()
-            files = ovf.nncf_int8(job.fp32_onnx(), spec, xml, batches, job.cfg.calib_size, job.cfg.ov_bias_correction)
-            notes = {"scheme": "nncf-ptq", "bias_correction": job.cfg.ov_bias_correction,
+            files, kept = ovf.nncf_int8(job.fp32_onnx(), spec, xml, batches, job.cfg.calib_size,
+                                        job.cfg.ov_bias_correction, job.cfg.keep_float)
+            notes = {"scheme": "nncf-ptq", "bias_correction": job.cfg.ov_bias_correction, "keep_float": kept,
                      "calibration": audit.to_dict()}
         elif precision == "int8":
             source, recipe = job.int8_onnx()
@@ -223,8 +254,9 @@ class ExportResult:
 
 # What to try when an artifact misses its gate, by precision (shown with the failure).
 NEXT_STEPS = {
-    "int8": "more or more varied calibration images (--calib-size), another --calib-method, "
-            "--exclude the most sensitive nodes, or --ov-int8 qdq for OpenVINO",
+    "int8": "more or more varied calibration images (--calib DIR, --calib-size), --keep-float first,last "
+            "(or the most sensitive nodes), the other route (--onnx-int8 ort|nncf, --ov-int8 qdq|nncf), or "
+            "the other bias correction (--onnx-bias-correction / --ov-bias-correction)",
     "fp16": "keep the FP32 artifact (FP16 changes decisions on this model)",
     "fp32": "report it: an FP32 export should match PyTorch",
 }

@@ -74,7 +74,8 @@ BIAS_CORRECTIONS = ("full", "fast")
 
 
 def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterable[np.ndarray],
-              num_samples: int, bias_correction: str = "full") -> list[Path]:
+              num_samples: int, bias_correction: str = "full",
+              keep_float: tuple[str, ...] = ()) -> tuple[list[Path], list[str]]:
     """NNCF post-training INT8 on the converted FP32 model, fed edgekit's calibration batches.
 
     ``bias_correction="full"`` runs NNCF's BiasCorrection (each layer's bias is corrected for the error of
@@ -88,12 +89,18 @@ def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterabl
     # NNCF probes torch's C++-extension helper, which logs "No CUDA runtime is found" on every CPU-only
     # machine: true, expected and not the user's concern here.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from edgekit.export.onnx_format import keep_float_nodes
+
     model = ov.convert_model(str(fp32_onnx))
+    ops = model.get_ordered_ops()
+    keep = keep_float_nodes([op.get_friendly_name() for op in ops], [op.get_type_name() for op in ops], keep_float,
+                            "OpenVINO model")
     single = [image[None] for batch in batches for image in batch]  # the IR has a fixed batch of one
     quantized = nncf.quantize(model, nncf.Dataset(single), subset_size=min(num_samples, len(single)),
                               preset=nncf.QuantizationPreset.PERFORMANCE,
-                              fast_bias_correction=bias_correction == "fast")
-    return _save(quantized, spec, xml_path, fp16=False)
+                              fast_bias_correction=bias_correction == "fast",
+                              ignored_scope=nncf.IgnoredScope(names=keep) if keep else None)
+    return _save(quantized, spec, xml_path, fp16=False), keep
 
 
 def read_rt_info_spec(xml_path: str | Path) -> ModelSpec | None:

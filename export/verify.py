@@ -44,6 +44,7 @@ class Row:
     max_abs: float = 0.0
     mean_abs: float = 0.0
     agreement: float = 1.0
+    top5: float | None = None  # share of images whose reference top-1 is in this model's top 5 (>= 5 classes)
     accuracy: float | None = None
     delta_pp: float | None = None
     status: str = "ok"
@@ -60,6 +61,9 @@ def compare(reference: np.ndarray, rows: list[Row], labels: np.ndarray | None, b
         row.max_abs, row.mean_abs = float(diff.max()), float(diff.mean())
         pred = predictions(row.logits, binary)
         row.agreement = float((pred == ref_pred).mean())
+        if not binary and row.logits.shape[1] >= 5:
+            top5 = np.argpartition(-row.logits, 4, axis=1)[:, :5]
+            row.top5 = float((top5 == ref_pred[:, None]).any(axis=1).mean())
         if labels is not None:
             row.accuracy = float((pred == labels).mean())
             row.delta_pp = 100 * (row.accuracy - ref_acc)
@@ -96,7 +100,7 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
         raise BadInputError(f"the reference must be an FP32 checkpoint; {reference_checkpoint} is {ckpt.spec.precision}")
     table = checkpoint_data(ckpt, data)
     indices = test_subset(table, images, seed)
-    labels = table.labels[indices]
+    labels = table.labels[indices] if table.labelled else None  # unlabelled images: agreement only
     inputs = table.inputs(indices, ckpt.spec)
     model = load_model(ckpt)
     chunks = [inputs[i:i + 500] for i in range(0, len(inputs), 500)]
@@ -115,12 +119,14 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
     compare(reference, rows[1:], labels, ckpt.spec.binary)
     from edgekit.core.metrics import predictions
 
-    rows[0].accuracy = float((predictions(reference, ckpt.spec.binary) == labels).mean())
+    if labels is not None:
+        rows[0].accuracy = float((predictions(reference, ckpt.spec.binary) == labels).mean())
     return rows, format_rows(rows, len(indices))
 
 
 def format_rows(rows: list[Row], count: int) -> str:
-    head = f"{'model':<34}{'prec':>6}{'max|diff|':>11}{'mean|diff|':>12}{'agree':>8}{'acc':>8}{'delta pp':>10}  status"
+    head = (f"{'model':<34}{'prec':>6}{'max|diff|':>11}{'mean|diff|':>12}{'agree':>8}{'top5':>7}{'acc':>8}"
+            f"{'delta pp':>10}  status")
     lines = [f"verified on {count} held-out test images", head]
     for r in rows:
         acc = f"{r.accuracy:.4f}" if r.accuracy is not None else "-"
@@ -128,5 +134,6 @@ def format_rows(rows: list[Row], count: int) -> str:
         ref = r is rows[0]
         lines.append(f"{r.name[:33]:<34}{r.precision:>6}{'-' if ref else f'{r.max_abs:.2e}':>11}"
                      f"{'-' if ref else f'{r.mean_abs:.2e}':>12}{'-' if ref else f'{r.agreement:.4f}':>8}"
+                     f"{'-' if ref or r.top5 is None else f'{r.top5:.3f}':>7}"
                      f"{acc:>8}{'-' if ref else delta:>10}  {'reference' if ref else r.status}")
     return "\n".join(lines)

@@ -19,22 +19,24 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core import checks
-from edgekit.core.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches
+from edgekit.core.calibration import MIN_RECOMMENDED_SAMPLES, CalibrationAudit, calibration_batches, calibration_table
 from edgekit.core.errors import BadInputError
 from edgekit.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from edgekit.models.loading import (checkpoint_data, convert_static, example_input, load_model, prepare_static,
-                                    quantize_dynamic, quiet_torch_ao, run_model)
+from edgekit.models.loading import (checkpoint_data, convert_static, example_input, keep_float_modules, load_model,
+                                    prepare_static, quantize_dynamic, quiet_torch_ao, run_model)
 
 log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     checkpoint: str
-    data: str
+    data: str | None = None  # labelled (or unlabelled) evaluation data; its train split calibrates unless calib
+    calib: str | None = None  # unlabelled calibration images (folder, video, CSV)
     mode: str = "static"  # "static" (weights + activations) or "dynamic" (Linear weights)
     engine: str = "auto"
     calib_batches: int = 32
     reduce_range: bool = False  # 7-bit activations (see qconfig_mapping)
+    keep_float: tuple[str, ...] = ()  # modules kept in float: first, last, module names
     batch_size: int = 32
     out: str | None = None
     limit_test: int = 0
@@ -48,6 +50,8 @@ class QuantizeConfig:
         checks.within("--batch", self.batch_size, 1, 4096)
         checks.at_least("--limit-test", self.limit_test, 0)
         checks.threads("--threads", self.threads)
+        if not self.data and not self.calib:
+            raise BadInputError("pass --data (the training data) or --calib (unlabelled images) to calibrate on")
 
 
 def resolve_engine(engine: str) -> str:
@@ -85,15 +89,18 @@ def _test_batches(table, spec, indices: np.ndarray, batch_size: int):
         yield table.inputs(part, spec)
 
 
-def _calibrate(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
+def _calibrate(fp32, ckpt, data_table, cfg: QuantizeConfig, engine: str):
     import torch
     from tqdm import tqdm
 
     wanted = cfg.calib_batches * cfg.batch_size
-    if wanted < MIN_RECOMMENDED_SAMPLES:
-        log.warning("calibrating on %d images; %d or more give steadier INT8 ranges", wanted, MIN_RECOMMENDED_SAMPLES)
-    prepared = prepare_static(fp32, ckpt.spec, engine, cfg.reduce_range)
-    audit = CalibrationAudit()
+    table, source = calibration_table(cfg.calib, data_table, wanted, cfg.seed)
+    if min(wanted, len(table.indices("train"))) < MIN_RECOMMENDED_SAMPLES:
+        log.warning("calibrating on %d images; %d or more give steadier INT8 ranges",
+                    min(wanted, len(table.indices("train"))), MIN_RECOMMENDED_SAMPLES)
+    keep = keep_float_modules(fp32, cfg.keep_float)
+    prepared = prepare_static(fp32, ckpt.spec, engine, cfg.reduce_range, tuple(keep))
+    audit = CalibrationAudit(source=source)
     batches = calibration_batches(table, ckpt.spec, wanted, cfg.batch_size, seed=cfg.seed, audit=audit)
     with torch.inference_mode(), quiet_torch_ao():
         for batch in tqdm(batches, total=-(-wanted // cfg.batch_size), desc="calibrating", unit="batch",
@@ -102,7 +109,7 @@ def _calibrate(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
     missing = [name for name, count in audit.class_counts.items() if count == 0]
     if missing:
         log.warning("calibration saw no images of: %s", ", ".join(missing))
-    return convert_static(prepared), audit
+    return convert_static(prepared), audit, keep
 
 
 def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
@@ -110,21 +117,20 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
     import torch
 
     from edgekit.core.spec import sha256_file
-    from edgekit.core.metrics import predictions
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ckpt = load_checkpoint(cfg.checkpoint)
     if ckpt.spec.precision != "fp32":
         raise BadInputError(f"{cfg.checkpoint} is already {ckpt.spec.precision}; quantize the FP32 checkpoint")
-    table = checkpoint_data(ckpt, cfg.data)
+    table = checkpoint_data(ckpt, cfg.data) if cfg.data else None
     fp32 = load_model(ckpt)
     engine = resolve_engine(cfg.engine)
     torch.backends.quantized.engine = engine
     if cfg.mode == "static":
-        int8, audit = _calibrate(fp32, ckpt, table, cfg, engine)
+        int8, audit, keep = _calibrate(fp32, ckpt, lambda: table, cfg, engine)
         recipe = {"scheme": "pytorch-fx-static", "engine": engine, "reduce_range": cfg.reduce_range,
-                  "calibration": audit.to_dict()}
+                  "keep_float": keep, "calibration": audit.to_dict()}
     else:
         int8, recipe = quantize_dynamic(fp32), {"scheme": "pytorch-dynamic", "engine": engine}
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(Path(cfg.checkpoint).stem + "_int8.pt")
@@ -132,38 +138,59 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
                              source_checkpoint_sha256=sha256_file(cfg.checkpoint))
     save_checkpoint(out, Checkpoint(spec, ckpt.model, int8.state_dict(), ckpt.history, {}))
 
-    test = table.indices("test")[: cfg.limit_test or None]
-    batches = list(_test_batches(table, spec, test, cfg.batch_size))
     reloaded = load_model(load_checkpoint(out))
-    if not np.array_equal(run_model(reloaded, batches[:1]), run_model(int8, batches[:1])):
+    check = [np.zeros(spec.input_shape(1), np.float32) + 0.5]
+    if not np.array_equal(run_model(reloaded, check), run_model(int8, check)):
         os.unlink(out)
         raise BadInputError("the saved INT8 checkpoint does not reproduce the quantized model; nothing written")
-    labels = table.labels[test]
-    logits = {"fp32": run_model(fp32, batches), "int8": run_model(reloaded, batches)}
-    preds = {k: predictions(v, spec.binary) for k, v in logits.items()}
-    result = {"mode": cfg.mode, "engine": engine, "test_images": int(len(test)), "calibration": recipe.get("calibration"),
-              "top1_agreement": float((preds["fp32"] == preds["int8"]).mean())}
+    result = {"mode": cfg.mode, "engine": engine, "calibration": recipe.get("calibration"), "test_images": 0,
+              "top1_agreement": None, "accuracy_delta_pp": None, "gate_problems": []}
     for name, model, path in (("fp32", fp32, Path(cfg.checkpoint)), ("int8", reloaded, out)):
-        result[name] = {"path": str(path), "accuracy": float((preds[name] == labels).mean()),
-                        "size_mb": path.stat().st_size / 1e6, "latency_ms": latency_ms(model, spec),
-                        "threads": torch.get_num_threads()}
-    result["accuracy_delta_pp"] = 100 * (result["int8"]["accuracy"] - result["fp32"]["accuracy"])
+        result[name] = {"path": str(path), "accuracy": None, "size_mb": path.stat().st_size / 1e6,
+                        "latency_ms": latency_ms(model, spec), "threads": torch.get_num_threads()}
+    if table is not None:
+        _compare(result, table, spec, fp32, reloaded, cfg)
     result["size_ratio"] = result["int8"]["size_mb"] / result["fp32"]["size_mb"]
     result["speedup"] = result["fp32"]["latency_ms"] / result["int8"]["latency_ms"]
     return result
+
+
+def _compare(result: dict, table, spec, fp32, int8, cfg: QuantizeConfig) -> None:
+    """FP32 vs INT8 on the test split: agreement, accuracy (labelled data), and the INT8 gate of verify."""
+    from edgekit.core.metrics import predictions
+    from edgekit.export.verify import TOLERANCES
+
+    test = table.indices("test")[: cfg.limit_test or None]
+    batches = list(_test_batches(table, spec, test, cfg.batch_size))
+    preds = {k: predictions(run_model(m, batches), spec.binary) for k, m in (("fp32", fp32), ("int8", int8))}
+    gate = TOLERANCES["int8"]
+    result["test_images"] = int(len(test))
+    result["top1_agreement"] = float((preds["fp32"] == preds["int8"]).mean())
+    if result["top1_agreement"] < gate["min_agreement"]:
+        result["gate_problems"].append(f"agreement {result['top1_agreement']:.4f} < {gate['min_agreement']}")
+    if table.labelled:
+        for name in ("fp32", "int8"):
+            result[name]["accuracy"] = float((preds[name] == table.labels[test]).mean())
+        result["accuracy_delta_pp"] = 100 * (result["int8"]["accuracy"] - result["fp32"]["accuracy"])
+        if result["accuracy_delta_pp"] < gate["min_delta_pp"]:
+            result["gate_problems"].append(f"accuracy {result['accuracy_delta_pp']:+.2f} pp < {gate['min_delta_pp']} pp")
 
 
 def format_comparison(result: dict) -> str:
     rows = [f"{'':<6}{'accuracy':>10}{'size MB':>10}{'latency ms (bs1)':>18}"]
     for name in ("fp32", "int8"):
         r = result[name]
-        rows.append(f"{name.upper():<6}{r['accuracy']:>10.4f}{r['size_mb']:>10.2f}{r['latency_ms']:>18.2f}")
-    rows.append(f"INT8 vs FP32: accuracy {result['accuracy_delta_pp']:+.2f} pp, size x{result['size_ratio']:.2f}, "
-                f"speed x{result['speedup']:.2f}, top-1 agreement {result['top1_agreement']:.4f} "
-                f"({result['test_images']} test images, {result['mode']}, engine {result['engine']}, "
-                f"{result['fp32']['threads']} threads)")
+        accuracy = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        rows.append(f"{name.upper():<6}{accuracy:>10}{r['size_mb']:>10.2f}{r['latency_ms']:>18.2f}")
+    delta = "-" if result["accuracy_delta_pp"] is None else f"{result['accuracy_delta_pp']:+.2f} pp"
+    agreement = "-" if result["top1_agreement"] is None else f"{result['top1_agreement']:.4f}"
+    rows.append(f"INT8 vs FP32: accuracy {delta}, size x{result['size_ratio']:.2f}, speed x{result['speedup']:.2f}, "
+                f"top-1 agreement {agreement} ({result['test_images']} test images, {result['mode']}, engine "
+                f"{result['engine']}, {result['fp32']['threads']} threads)")
     if result.get("calibration"):
         cal = result["calibration"]
-        rows.append(f"calibration: {cal['samples']} train images, {sum(1 for c in cal['class_counts'].values() if c)}"
-                    f"/{len(cal['class_counts'])} classes, sha256 {cal['sha256'][:16]}")
+        classes = (f", {sum(1 for c in cal['class_counts'].values() if c)}/{len(cal['class_counts'])} classes"
+                   if cal["class_counts"] else "")
+        rows.append(f"calibration: {cal['samples']} images from {cal.get('source') or 'the train split'}{classes}, "
+                    f"sha256 {cal['sha256'][:16]}")
     return "\n".join(rows)

@@ -1,6 +1,7 @@
 """The one calibration iterator every INT8 path uses.
 
-It yields plain numpy batches (N x C x H x W float32) from the *training* split, through the model's own
+It yields plain numpy batches (N x C x H x W float32) from the *training* split (or from unlabelled images:
+:func:`calibration_table`), through the model's own
 :func:`~edgekit.core.spec.preprocess`, in a seeded order. PyTorch PTQ consumes it here; the export issue feeds
 the same iterator to ONNX Runtime's ``CalibrationDataReader`` and to ``nncf.Dataset``, so every INT8
 artifact sees the same images prepared the same way. :class:`CalibrationAudit` records what was seen.
@@ -23,7 +24,8 @@ MIN_RECOMMENDED_SAMPLES = 300
 @dataclass
 class CalibrationAudit:
     samples: int = 0
-    class_counts: dict[str, int] = field(default_factory=dict)
+    source: str = ""  # where the images came from (the training data, or --calib DIR|VIDEO|CSV)
+    class_counts: dict[str, int] = field(default_factory=dict)  # empty for unlabelled calibration images
     channel_mean: list[float] = field(default_factory=list)  # of the preprocessed tensors: ~0 if normalised
     channel_std: list[float] = field(default_factory=list)
     sha256: str = ""  # of the exact tensors fed to the model
@@ -52,7 +54,8 @@ def calibration_batches(table: ImageTable, spec: ModelSpec, num_samples: int, ba
         axes = (0, 2, 3) if spec.layout == "NCHW" else (0, 1, 2)
         total += batch.sum(axis=axes, dtype=np.float64)
         total_sq += np.square(batch, dtype=np.float64).sum(axis=axes)
-        counts += np.bincount(table.labels[part], minlength=len(counts))
+        if table.labelled:
+            counts += np.bincount(table.labels[part], minlength=len(counts))
         audit.samples += len(part)
         count = audit.samples * spec.input_size[0] * spec.input_size[1]  # values per channel so far
         audit.channel_mean = (total / count).tolist()
@@ -60,3 +63,14 @@ def calibration_batches(table: ImageTable, spec: ModelSpec, num_samples: int, ba
         audit.class_counts = {name: int(c) for name, c in zip(table.class_names, counts)}
         audit.sha256 = digest.hexdigest()
         yield batch
+
+
+def calibration_table(calib: str | None, data_table, size: int, seed: int = 0) -> tuple[ImageTable, str]:
+    """(table, source): unlabelled images from ``calib`` (a folder, video or CSV: :func:`load_images`, at most
+    ``size``) when given, else ``data_table()``, the labelled data's train split."""
+    from edgekit.core.data import load_images
+
+    if calib:
+        return load_images(calib, limit=size, seed=seed, split="train"), str(calib)
+    table = data_table()
+    return table, "train split of the data"

@@ -25,6 +25,8 @@ from edgekit.core.spec import FASHION_MNIST_LABELS, ModelSpec, preprocess
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
+MAX_FRAME_SIDE = 640  # frames sampled from a video are kept in memory at most this large
 SPLITS = ("train", "val", "test")
 
 
@@ -41,6 +43,7 @@ class ImageTable:
     split: np.ndarray = field(default=None)  # "train" / "val" / "test" per image, or "" if unassigned
     skipped: list[str] = field(default_factory=list)  # unreadable files left out, for the report
     fingerprint: str = ""  # of the data as loaded, before splitting (see data_fingerprint)
+    labelled: bool = True  # False: images without labels (calibration, agreement with FP32 only)
 
     def __post_init__(self) -> None:
         if self.split is None:
@@ -65,7 +68,7 @@ class ImageTable:
         """Renumber the classes into the order ``labels`` gives (a model's own label order, which need
         not be sorted); data with other classes is refused in one line."""
         labels = tuple(labels)
-        if labels == tuple(self.class_names):
+        if not self.labelled or labels == tuple(self.class_names):
             return
         if sorted(labels) != sorted(self.class_names):
             missing = sorted(set(labels) - set(self.class_names))
@@ -225,6 +228,85 @@ def _resolve(root: Path, relative: str, label: str) -> Path:
     return by_class if by_class.is_file() else direct
 
 
+# --- unlabelled image sets (calibration; agreement with FP32) -----------------------------------------
+def is_unlabelled_source(source: str | Path) -> bool:
+    """A video, or a folder with images but fewer than the 2 class folders (``root/<class>/...``) a labelled
+    image folder has."""
+    source = Path(source)
+    if source.is_file():
+        return source.suffix.lower() in VIDEO_SUFFIXES
+    if not source.is_dir() or list(source.glob("*-idx*-ubyte*")):
+        return False
+    folders = [d for d in _class_folders(source) if d.name not in SPLITS]
+    return len(folders) < 2 and not any((source / s).is_dir() for s in SPLITS) and bool(_images_in(source))
+
+
+def load_images(source: str | Path, limit: int = 0, seed: int = 0, split: str = "train") -> ImageTable:
+    """Images without labels: every image under a folder (recursively), the ``path`` column of a CSV, or
+    frames sampled evenly from a video. ``limit`` keeps at most that many (a seeded sample; for a video,
+    evenly spaced frames). Every image gets ``split`` ("train" for calibration, "test" for evaluation)."""
+    source = Path(source)
+    if not source.exists():
+        raise BadInputError(f"images not found: {source}")
+    arrays, paths = None, None
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        arrays = _video_frames(source, limit)
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        paths = load_csv(source, label_column=_first_column(source)).paths
+    elif source.is_dir():
+        paths = _images_in(source)
+    else:
+        raise BadInputError(f"{source}: expected a folder of images, a video or a .csv with a path column")
+    if paths is not None:
+        if not paths:
+            raise BadInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}")
+        if limit and limit < len(paths):
+            paths = [paths[i] for i in np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))]
+    count = len(paths) if paths is not None else len(arrays)
+    table = ImageTable(labels=np.zeros(count, np.int64), class_names=(), color="BGR", paths=paths, arrays=arrays,
+                       split=np.full(count, split, dtype=object), labelled=False)
+    if paths is not None:
+        drop_unreadable(table)
+    return table
+
+
+def _first_column(csv_path: Path) -> str:
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        return (csv.DictReader(fh).fieldnames or ["path"])[0]
+
+
+def _video_frames(path: Path, limit: int) -> np.ndarray:
+    """Up to ``limit`` (0: 300) evenly spaced frames of a video, the longer side at most MAX_FRAME_SIDE."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise BadInputError(f"cannot open video {path}")
+    try:
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or 0
+        want = limit or 300
+        step = max(1, total // want) if total > 0 else 1
+        frames, index = [], 0
+        while len(frames) < want:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % step == 0 and frame is not None:
+                scale = MAX_FRAME_SIDE / max(frame.shape[:2])
+                if scale < 1:
+                    frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+                frames.append(frame)
+            index += 1
+    finally:
+        capture.release()
+    if not frames:
+        raise BadInputError(f"no frames could be decoded from {path}")
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise BadInputError(f"{path}: frames change size ({len(shapes)} sizes)")
+    return np.stack(frames)
+
+
 # --- entry point -------------------------------------------------------------------------------------
 def load_table(source: str | Path, **csv_options) -> ImageTable:
     """Detect the layout of ``source`` (IDX folder, image folder or CSV file) and load it."""
@@ -267,12 +349,15 @@ def data_fingerprint(table: ImageTable) -> str:
 
 def load_split(source: str | Path, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
                group_column: str | None = None, path_column: str = "path", label_column: str = "label",
-               limit: int = 0, fingerprint: str | None = None) -> ImageTable:
+               limit: int = 0, fingerprint: str | None = None, evaluate_all: bool = False) -> ImageTable:
     """Load a data set and split it by a recipe. The same recipe gives the same split, so evaluation
     commands rebuild a model's own test split from the recipe its training recorded (``**spec.split``).
     With ``fingerprint`` (recorded with the recipe), data that is not what the model was trained on is
     refused: its "test" images could be training images. ``limit`` keeps at most that many training
-    images (the rest are marked "unused")."""
+    images (the rest are marked "unused"). Images without labels (see :func:`is_unlabelled_source`) and
+    ``evaluate_all`` (an imported model: none of the data was its training data) make every image a test image."""
+    if is_unlabelled_source(source):
+        return load_images(source, split="test")
     csv_options = {"path_column": path_column, "label_column": label_column,
                    "group_column": group_column} if str(source).lower().endswith(".csv") else {}
     table = load_table(source, **csv_options)
@@ -281,6 +366,9 @@ def load_split(source: str | Path, *, val_fraction: float = 0.1, test_fraction: 
         raise BadInputError(f"{source} is not the data this model was trained on (data fingerprint "
                             f"{table.fingerprint}, the model's split recipe says {fingerprint}): its test split "
                             "cannot be rebuilt, and accuracy on it could include training images")
+    if evaluate_all:
+        table.split[:] = "test"
+        return table
     assign_splits(table, val_fraction, test_fraction, seed=seed)
     if limit:
         train = table.indices("train")

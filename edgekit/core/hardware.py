@@ -47,6 +47,18 @@ def _proc_status_mb(field: str, pid: int | str = "self") -> float | None:
     return None
 
 
+def available_memory_mb() -> float | None:
+    """Memory the system can still give (Linux MemAvailable), or None where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def current_rss_mb(pid: int | str = "self") -> float | None:
     """Resident memory of a process (this one by default) now (Linux VmRSS; None elsewhere)."""
     return _proc_status_mb("VmRSS", pid)

@@ -25,6 +25,9 @@ SPEC_FORMAT = "edgekit-spec/1"
 COLORS = ("RGB", "BGR", "GRAY")
 TASKS = ("image", "clip")
 PRECISIONS = ("fp32", "fp16", "int8")
+RESIZE_MODES = ("squash", "letterbox", "crop")
+LETTERBOX_PAD = 114  # grey bars, as YOLO-style letterboxing pads
+CROP_FRACTION = 0.875  # torchvision's ImageNet evaluation: resize the shorter side to 256, center-crop 224
 
 # Fashion-MNIST's class names, in label order (https://github.com/zalandoresearch/fashion-mnist, MIT).
 FASHION_MNIST_LABELS = (
@@ -64,6 +67,10 @@ class ModelSpec:
     # Two-class models: the label binary metrics, pos_weight and the apps' scores are about. `edgekit train`
     # orders the labels so that it is the second one (the class a one-logit model's sigmoid gives).
     positive: str = ""
+    # How an image of another size becomes input_size (see fit_to_input): squash, letterbox or crop; for crop
+    # the shorter side is first resized to resize_to (0: input size / 0.875, i.e. 256 for 224).
+    resize: str = "squash"
+    resize_to: int = 0
 
     def __post_init__(self) -> None:
         # Frozen dataclasses cannot assign normally; normalise list-valued JSON input to tuples.
@@ -78,6 +85,10 @@ class ModelSpec:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.dtype not in ("float32", "uint8"):
             problems.append(f"dtype must be float32 or uint8 (preprocessing inside the graph), got {self.dtype!r}")
+        if self.resize not in RESIZE_MODES:
+            problems.append(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.resize_to and (self.resize != "crop" or self.resize_to < max(self.input_size)):
+            problems.append(f"resize_to is for resize='crop' and must be >= the input size, got {self.resize_to}")
         if self.layout not in ("NCHW", "NHWC"):
             problems.append(f"layout must be NCHW or NHWC, got {self.layout!r}")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
@@ -200,15 +211,10 @@ def preprocess(image: np.ndarray, spec: ModelSpec, source_color: str = "BGR") ->
         raise BadInputError(f"expected an HxW or HxWx3 image, got shape {image.shape}")
     target = "GRAY" if spec.channels == 1 else ("BGR" if spec.color == "BGR" else "RGB")
     baked = spec.dtype == "uint8"  # the graph casts and normalises itself (export --bake-preprocess)
-    height, width = spec.input_size
-    if image.shape[:2] != (height, width):
-        import cv2  # only needed when sizes differ; keeps spec importable on a bare numpy install
-
-        # Resize before the colour conversion: a channel swap commutes with the per-channel resize, and on a
-        # 640x480 camera frame converting first (a strided copy, or the luma of every pixel) cost more than
-        # the model. INTER_AREA for shrinking avoids aliasing; INTER_LINEAR for enlarging.
-        shrink = image.shape[0] > height or image.shape[1] > width
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    # Resize (or crop) before the colour conversion: a channel swap commutes with the per-channel resize, and
+    # on a 640x480 camera frame converting first (a strided copy, or the luma of every pixel) cost more than
+    # the model.
+    image = fit_to_input(image, spec)
     image = _convert_color(image, source_color, target)
     if baked:
         return np.ascontiguousarray(image if spec.layout == "NHWC" else image.transpose(2, 0, 1))
@@ -216,3 +222,42 @@ def preprocess(image: np.ndarray, spec: ModelSpec, source_color: str = "BGR") ->
     std = np.asarray(spec.std, np.float32)
     out = (image.astype(np.float32) * np.float32(spec.scale) - mean) / std
     return np.ascontiguousarray(out.transpose(2, 0, 1) if spec.layout == "NCHW" else out)
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    import cv2  # only needed when sizes differ; keeps spec importable on a bare numpy install
+
+    if image.shape[:2] == (height, width):
+        return image
+    # INTER_AREA for shrinking avoids aliasing; INTER_LINEAR for enlarging.
+    shrink = image.shape[0] > height or image.shape[1] > width
+    out = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out if out.ndim == image.ndim else out[:, :, None]  # OpenCV drops a single channel axis
+
+
+def fit_to_input(image: np.ndarray, spec: "ModelSpec") -> np.ndarray:
+    """Bring an image to the model's input size the way ``spec.resize`` says:
+
+    - ``squash``: resize to exactly the input size (the aspect ratio may change);
+    - ``letterbox``: scale to fit inside, keep the aspect ratio, pad with grey bars;
+    - ``crop``: resize the shorter side to ``spec.resize_to`` (default: the input size / 0.875, i.e. 256 for
+      224), then cut the centre (torchvision's ImageNet evaluation transform).
+    """
+    height, width = spec.input_size
+    h, w = image.shape[:2]
+    if spec.resize == "squash":
+        return _resize(image, width, height)
+    if spec.resize == "letterbox":
+        scale = min(height / h, width / w)
+        nh, nw = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
+        out = np.full((height, width) + image.shape[2:], LETTERBOX_PAD, np.uint8)
+        top, left = (height - nh) // 2, (width - nw) // 2
+        out[top:top + nh, left:left + nw] = _resize(image, nw, nh)
+        return out
+    short = spec.resize_to or round(max(height, width) / CROP_FRACTION)
+    # the shorter side becomes `short`, the longer one is truncated as torchvision's Resize does
+    nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+    nh, nw = max(nh, height), max(nw, width)
+    resized = _resize(image, nw, nh)
+    top, left = int(round((nh - height) / 2.0)), int(round((nw - width) / 2.0))
+    return resized[top:top + height, left:left + width]

@@ -110,15 +110,36 @@ def clamp_relu6_ranges(prepared) -> int:
     return changed
 
 
-def prepare_static(model, spec, engine: str, reduce_range: bool = False):
-    """Fuse Conv-BN(-ReLU), insert observers (FX graph mode) and pin ReLU6 ranges to [0, 6]."""
+def keep_float_modules(model, keep: tuple[str, ...] | list[str]) -> list[str]:
+    """Resolve ``--keep-float`` on a torch module: ``first`` (the first convolution), ``last`` (the last
+    convolution or linear layer, the classifier) or module names."""
+    import torch
+
+    layers = [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    names = dict(model.named_modules())
+    chosen = []
+    for item in keep:
+        if item in ("first", "last"):
+            chosen.append(layers[0] if item == "first" else layers[-1])
+        elif item in names:
+            chosen.append(item)
+        else:
+            raise BadInputError(f"--keep-float: no module named {item!r} (use first, last, or e.g. {', '.join(layers[:3])})")
+    return list(dict.fromkeys(chosen))
+
+
+def prepare_static(model, spec, engine: str, reduce_range: bool = False, keep_float: tuple[str, ...] = ()):
+    """Fuse Conv-BN(-ReLU), insert observers (FX graph mode) and pin ReLU6 ranges to [0, 6]; the modules in
+    ``keep_float`` (resolved names) stay in float."""
     import torch
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     torch.backends.quantized.engine = engine
+    mapping = qconfig_mapping(engine, reduce_range)
+    for name in keep_float:
+        mapping.set_module_name(name, None)
     with quiet_torch_ao():
-        prepared = prepare_fx(copy.deepcopy(model).eval(), qconfig_mapping(engine, reduce_range),
-                              (example_input(spec),))
+        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example_input(spec),))
     clamp_relu6_ranges(prepared)
     return prepared
 
@@ -147,7 +168,8 @@ def load_model(ckpt: Checkpoint):
     if recipe.get("scheme") == "pytorch-fx-static":
         # Replay the structure: observers that never saw data give placeholder qparams, which the
         # state dict below overwrites with the calibrated ones.
-        model = convert_static(prepare_static(model, ckpt.spec, recipe["engine"], recipe.get("reduce_range", False)))
+        model = convert_static(prepare_static(model, ckpt.spec, recipe["engine"], recipe.get("reduce_range", False),
+                                              tuple(recipe.get("keep_float", ()))))
     elif recipe.get("scheme") == "pytorch-dynamic":
         torch.backends.quantized.engine = recipe["engine"]
         model = quantize_dynamic(model)

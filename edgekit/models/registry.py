@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from edgekit.core.errors import BadInputError, EdgekitError, UnknownNameError
 from edgekit.models.checkpoint import LOAD_ERRORS
@@ -54,7 +55,7 @@ def build_model(name: str, num_outputs: int, head: HeadConfig = HeadConfig(), we
     arch = get_arch(name)
     model = getattr(tvm, arch.builder)()
     if weights != "none":
-        model.load_state_dict(_imagenet_state_dict(name, arch, weights))
+        model.load_state_dict(imagenet_state_dict(name, arch, weights))
     # All three torchvision models end in ``classifier``, a Sequential whose last layer is the ImageNet
     # linear; its dropout (if any) sits right before it. MobileNetV3 keeps its wide hidden layer.
     width = model.classifier[-1].in_features
@@ -67,7 +68,7 @@ def build_model(name: str, num_outputs: int, head: HeadConfig = HeadConfig(), we
     return model
 
 
-def _imagenet_state_dict(name: str, arch: Arch, weights: str) -> dict:
+def imagenet_state_dict(name: str, arch: Arch, weights: str) -> dict:
     import torch
     import torchvision.models as tvm
 
@@ -79,16 +80,55 @@ def _imagenet_state_dict(name: str, arch: Arch, weights: str) -> dict:
             return torch.load(path, map_location="cpu", weights_only=True)
         except LOAD_ERRORS as exc:
             raise BadInputError(f"cannot read weights file {path}: {exc}") from exc
-    enum = getattr(tvm, arch.weights).DEFAULT
+    weights_enum = getattr(tvm, arch.weights)
+    cached = cached_imagenet_weights(weights_enum)
+    if cached is not None:
+        member, path = cached
+        log.info("ImageNet weights: %s (%s) from %s", member.name, path.name, path.parent)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except LOAD_ERRORS as exc:
+            raise BadInputError(f"cannot read the cached weights {path}: {exc}; delete it and retry") from exc
+    default = weights_enum.DEFAULT
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    advice = (f"Put one of {', '.join(Path(w.url).name for w in weights_enum)} into {cache}, pass --weights FILE, "
+              f"or train from scratch with --weights none.")
+    if not download_possible(default.url):
+        raise EdgekitError(f"cannot load ImageNet weights for {name}: none in the torchvision cache and "
+                           f"{urlparse(default.url).hostname} is not reachable (offline?). {advice}")
     try:
-        return enum.get_state_dict(progress=False)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError; offline it surfaces as one
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-        raise EdgekitError(
-            f"cannot load ImageNet weights for {name}: not in the torchvision cache and the download failed "
-            f"({type(exc).__name__}). Put {Path(enum.url).name} at {cache}, pass --weights FILE, "
-            f"or train from scratch with --weights none."
-        ) from exc
+        return default.get_state_dict(progress=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        raise EdgekitError(f"cannot load ImageNet weights for {name}: the download failed "
+                           f"({type(exc).__name__}). {advice}") from exc
+
+
+def cached_imagenet_weights(weights_enum) -> tuple | None:
+    """(weights member, file) of the first of torchvision's files for this architecture found in its cache,
+    the DEFAULT one first: torchvision itself looks only for DEFAULT's file and otherwise downloads."""
+    import torch
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    members = [weights_enum.DEFAULT] + [w for w in weights_enum if w is not weights_enum.DEFAULT]
+    for member in members:
+        path = cache / Path(member.url).name
+        if path.is_file():
+            return member, path
+    return None
+
+
+def download_possible(url: str, timeout: float = 2.0) -> bool:
+    """Whether the weights' host answers within ``timeout`` (no 20 s hang offline). EDGEKIT_OFFLINE=1 says no."""
+    import os
+    import socket
+
+    if os.environ.get("EDGEKIT_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection((urlparse(url).hostname, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def feature_blocks(model) -> list:
