@@ -27,7 +27,8 @@ class RunConfig:
     faces: str | None = None  # haar, none or a cascade .xml; None: the app's default
     out: str = "runs/run"
     save_video: bool = True
-    serve: str | None = None  # HOST:PORT for the MJPEG stream
+    serve: str | None = None  # HOST:PORT for the MJPEG stream (127.0.0.1 unless a host is given)
+    viewer_token: str | None = None  # what a viewer of the stream must present (None: a random one, printed)
     show: bool = False
     realtime: bool = False
     loop: bool = False
@@ -71,9 +72,9 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
         if cfg.serve:
             from edgekit.edge_apps.stream import MjpegServer
 
-            server = MjpegServer(cfg.serve, title=f"edgekit run --app {cfg.app}")
+            server = MjpegServer(cfg.serve, title=f"edgekit run --app {cfg.app}", token=cfg.viewer_token)
             sinks.append(StreamSink(server))
-            say(f"streaming on {server.url}")
+            say(f"streaming on {server.url}" + (f" (viewer token {server.token})" if server.generated_token else ""))
         pipeline = Pipeline(app, timer, cfg.pipeline, events=JsonlEvents(folder / "events.jsonl"), sinks=sinks)
         try:
             summary = pipeline.run(frames)

@@ -4,11 +4,14 @@ grid comes back.
 
 The loop never stops for the network: while disconnected it keeps analysing frames and retries the server
 with exponential backoff (0.5 s doubling to 8 s). With no camera it sends a black tile and "not attentive".
+A wrong token or an untrusted TLS certificate ends it at once with one error line; "meeting full" is retried
+for ``full_wait`` seconds; a run that never got into the meeting exits non-zero.
 """
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +37,11 @@ class JoinConfig:
     loop: bool = False  # restart a video file at its end (a file standing in for a camera)
     tile: tuple[int, int] = (240, 180)
     quality: int = 70
+    full_wait: float = 60.0  # "meeting full": keep retrying this long, then give up (exit non-zero)
 
     def __post_init__(self) -> None:
         checks.within("--fps", self.fps, 0, 60, low_open=True)
+        checks.within("--full-wait", self.full_wait, 0, 86_400)
         checks.within("--duration", self.duration, 0, 10**7)
         checks.within("JPEG quality", self.quality, 1, 100)
         for side in self.tile:
@@ -86,6 +91,7 @@ def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path, viewers: li
     sent = frames = 0
     last_tile = 0.0
     backoff, next_try = 0.5, 0.0
+    full_since = None  # when "meeting full" answers began
     source = open_source(cfg)
     camera = source is not None
     try:
@@ -97,9 +103,18 @@ def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path, viewers: li
                 try:
                     client.connect()
                     log.info("joined %s:%d as %s", client.host, client.port, client.welcome.get("name"))
-                    backoff = 0.5
-                except JoinRefused:
-                    raise
+                    backoff, full_since = 0.5, None
+                except JoinRefused as exc:
+                    if "meeting full" not in str(exc):
+                        raise  # a wrong token stays wrong
+                    full_since = now if full_since is None else full_since
+                    if now - full_since > cfg.full_wait:
+                        raise JoinRefused(f"{exc}; still full after {cfg.full_wait:.0f} s") from None
+                    log.warning("meeting full; retrying in %.1f s", backoff)
+                    next_try, backoff = now + backoff, min(8.0, backoff * 2)
+                except ssl.SSLCertVerificationError as exc:
+                    raise BadInputError(f"the server's TLS certificate is not trusted ({exc.verify_message}); "
+                                        "pass --tls-ca with the CA that signed it") from None
                 except (OSError, p.ProtocolError) as exc:
                     log.warning("server %s:%d unreachable (%s); retrying in %.1f s", client.host, client.port,
                                 exc, backoff)

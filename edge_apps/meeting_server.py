@@ -15,7 +15,9 @@ watches the annotated grid at ``http://HOST:HTTP_PORT/`` (MJPEG + status), ``/st
 The wire format is ``edge_apps/protocol.py``; the participant's side is ``edge_apps/meeting_client.py``.
 
 Failures stay local: a malformed, oversized or unauthenticated message closes that one connection with a
-logged reason; a client silent for ``timeout`` seconds (no tile, no ping) is dropped; TCP keep-alive finds
+logged reason; a client silent for ``timeout`` seconds of the server's own running time (no tile, no ping;
+counted by the composer, so a stalled server blames nobody) is dropped; wrong join tokens make further tries
+from that address wait longer (0.5 s doubling to 30 s after 3); TCP keep-alive finds
 dead peers the OS knows about.
 """
 from __future__ import annotations
@@ -38,14 +40,17 @@ from edgekit.edge_apps import protocol as p
 from edgekit.edge_apps.grid import compose
 
 log = logging.getLogger("edgekit.meeting")
+FREE_FAILURES = 3  # wrong join tokens per address before each further try waits
+MAX_TRACKED_ADDRESSES = 4096
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # this machine only unless told otherwise (0.0.0.0: every interface)
     port: int = 7700
     http: str | None = ":8080"  # MJPEG dashboard address; None = off
     token: str = ""
+    viewer_token: str = ""  # for the dashboard; "" = a random one (printed at start)
     fps: float = 10.0  # grids per second
     timeout: float = 6.0  # seconds of silence after which a client counts as gone
     max_message: int = p.MAX_MESSAGE
@@ -83,6 +88,7 @@ class Participant:
     bad_tiles: int = 0
     outbox: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=1))
     recent: deque = field(default_factory=lambda: deque(maxlen=50))  # arrival times, for FPS
+    silence: float = 0.0  # seconds of the server's own running time without a message from this client
 
     def fps(self, now: float) -> float:
         times = [t for t in self.recent if now - t <= 5.0]
@@ -110,6 +116,7 @@ class MeetingServer:
         self.http = None
         self.port = cfg.port
         self._stop: asyncio.Event | None = None
+        self.failures: dict[str, int] = {}  # wrong join tokens per address (insertion order = age)
 
     # ---- connections -------------------------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -123,12 +130,14 @@ class MeetingServer:
         participant = None
         sender = None
         try:
+            delay = self._backoff(peer[0] if peer else "?")
+            if delay:
+                await asyncio.sleep(delay)  # wrong tokens from this address before: each try waits longer
             participant = await asyncio.wait_for(self._handshake(reader, writer, address), timeout=5.0)
             sender = asyncio.create_task(self._sender(participant))
-            while True:
-                kind, payload = await asyncio.wait_for(p.read_message(reader, self.cfg.max_message),
-                                                       timeout=self.cfg.timeout)
-                participant.last_seen = time.monotonic()
+            while True:  # no read timeout here: the composer judges silence (see _watch_silence)
+                kind, payload = await p.read_message(reader, self.cfg.max_message)
+                participant.last_seen, participant.silence = time.monotonic(), 0.0
                 if kind == p.TILE:
                     meta, jpeg = p.decode_tile(payload)
                     self._update(participant, meta)
@@ -156,9 +165,8 @@ class MeetingServer:
                 await asyncio.wait_for(writer.drain(), 1.0)
             except (OSError, asyncio.TimeoutError):
                 pass  # the peer is already gone; the reason is logged above
-        except asyncio.TimeoutError:
-            log.warning("closing %s (%s): silent for %.0f s", participant.name if participant else "a client that "
-                        "never said HELLO", address, self.cfg.timeout)
+        except asyncio.TimeoutError:  # only the handshake has a timeout; silence after it is _watch_silence's
+            log.info("closing %s: no HELLO within 5 s", address)
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
             log.info("%s (%s) disconnected: %s", participant.name if participant else "client", address,
                      type(exc).__name__)
@@ -176,16 +184,25 @@ class MeetingServer:
         if kind != p.HELLO:
             raise p.ProtocolError(f"expected HELLO, got {p.NAMES[kind]}")
         hello = p.decode_json(payload)
-        if not hmac.compare_digest(str(hello.get("token", "")).encode(), self.token.encode()):
+        token = p.field(hello, "token", str, "")
+        name = p.field(hello, "name", str, "")
+        privacy = p.field(hello, "privacy", bool, False)
+        host = address.rsplit(":", 1)[0]
+        if not hmac.compare_digest(token.encode(), self.token.encode()):
+            count = self._failed(host)
+            if count <= 10 or count % 100 == 0:  # bounded logging under a flood
+                log.warning("wrong join token from %s (%d failures; next try waits %.1f s)", host, count,
+                            self._backoff(host))
             raise p.ProtocolError("wrong join token")
+        self.failures.pop(host, None)
         if len(self.participants) >= self.cfg.max_clients:
             raise p.ProtocolError(f"meeting full ({self.cfg.max_clients} participants)")
-        name = p.sanitize_name(hello.get("name", ""))
+        name = p.sanitize_name(name)
         taken = {q.name for q in self.participants.values()}
         base, n = name, 2
         while name in taken:
             name, n = f"{base}-{n}", n + 1
-        participant = Participant(self._next_id, name, address, bool(hello.get("privacy")), writer)
+        participant = Participant(self._next_id, name, address, privacy, writer)
         self._next_id += 1
         self.participants[participant.id] = participant
         self.events.append({"type": "join", "name": name, "time": time.time()})
@@ -197,12 +214,35 @@ class MeetingServer:
                  else "", len(self.participants))
         return participant
 
+    def _failed(self, host: str) -> int:
+        if host not in self.failures and len(self.failures) >= MAX_TRACKED_ADDRESSES:
+            del self.failures[next(iter(self.failures))]  # the oldest address: memory stays bounded
+        self.failures[host] = self.failures.get(host, 0) + 1
+        return self.failures[host]
+
+    def _backoff(self, host: str) -> float:
+        """Seconds a connection from ``host`` waits before its HELLO is read: 0 for the first few wrong
+        tokens, then doubling from 0.5 s up to 30 s."""
+        failures = self.failures.get(host, 0)
+        return 0.0 if failures < FREE_FAILURES else min(30.0, 0.5 * 2 ** (failures - FREE_FAILURES))
+
+    def _watch_silence(self, elapsed: float) -> None:
+        """Add the composer's own running time since its last tick (at most two periods, so a stall of the
+        server itself is never blamed on the clients) to every client's silence; close the silent ones."""
+        step = min(elapsed, 2.0 / self.cfg.fps)
+        for q in list(self.participants.values()):
+            q.silence += step
+            if q.silence > self.cfg.timeout:
+                log.warning("closing %s (%s): silent for %.0f s", q.name, q.address, q.silence)
+                q.silence = float("-inf")  # once
+                q.writer.close()
+
     @staticmethod
     def _update(participant: Participant, meta: dict) -> None:
-        label, score = meta.get("label"), meta.get("score")
-        if not isinstance(label, str) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+        label, score = p.field(meta, "label", str), p.field(meta, "score", (int, float))
+        if label is None or score is None or not 0 <= score <= 1:
             raise p.ProtocolError("label must be text and score a number in [0, 1]")
-        participant.label, participant.score = label[:32], float(score)
+        participant.label, participant.score = p.sanitize_name(label, empty="?"), float(score)
 
     async def _sender(self, participant: Participant) -> None:
         while True:
@@ -212,6 +252,7 @@ class MeetingServer:
 
     async def _composer(self) -> None:
         period = 1.0 / self.cfg.fps
+        last_tick = time.monotonic()
         while True:
             started = time.monotonic()
             people = sorted(self.participants.values(), key=lambda q: q.id)
@@ -225,9 +266,8 @@ class MeetingServer:
             for q in people:
                 if q.id in self.participants:
                     offer(q.outbox, message)
-            for q in list(self.participants.values()):  # silence is also caught by the read timeout
-                if now - q.last_seen > self.cfg.timeout:
-                    q.writer.close()
+            self._watch_silence(now - last_tick)
+            last_tick = now
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
 
     def status(self) -> dict:
@@ -268,7 +308,8 @@ class MeetingServer:
         if self.cfg.http:
             from edgekit.edge_apps.stream import MjpegServer
 
-            self.http = MjpegServer(self.cfg.http, title="edgekit meeting", status_source=self.status)
+            self.http = MjpegServer(self.cfg.http, title="edgekit meeting", status_source=self.status,
+                                    token=self.cfg.viewer_token or None, tls=self._ssl())
         if ready is not None:
             ready(self)
         composer = asyncio.create_task(self._composer())

@@ -57,14 +57,52 @@ def parse_header(header: bytes, max_size: int) -> tuple[int, int]:
     return kind, length
 
 
+MAX_DEPTH = 3  # {"a": {"b": [1]}}: every message of this protocol is flat; deeper nesting is refused
+
+
+def nesting_depth(text: str) -> int:
+    """Deepest bracket nesting of a JSON text, outside strings, without parsing it (json.loads of 4,000 '['
+    is a RecursionError)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def decode_json(payload: bytes) -> dict:
     try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"payload is not JSON: {exc}") from None
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"payload is not UTF-8: {exc.reason}") from None
+    if nesting_depth(text) > MAX_DEPTH:
+        raise ProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"payload is not JSON: {exc.msg}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("payload is not a JSON object")
     return obj
+
+
+def field(obj: dict, name: str, kind: type, default=None):
+    """``obj[name]`` if it has exactly type ``kind`` (a bool is not a number here), else a ProtocolError;
+    ``default`` when absent."""
+    if name not in obj:
+        return default
+    value = obj[name]
+    if type(value) is bool and kind is not bool or not isinstance(value, kind):
+        raise ProtocolError(f"{name!r} must be {kind.__name__ if isinstance(kind, type) else 'a number'}")
+    return value
 
 
 def decode_tile(payload: bytes) -> tuple[dict, bytes]:
@@ -122,7 +160,17 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def sanitize_name(name: object, limit: int = 32) -> str:
-    """Printable letters, digits and ' ._-' only, at most ``limit`` characters; never empty."""
-    text = "".join(c for c in str(name) if c.isalnum() or c in " ._-").strip()[:limit]
-    return text or "guest"
+MAX_JPEG_SCANS = 16  # baseline JPEGs have 1-4 scans, encoders' progressive ones about 10
+
+
+def jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers in a JPEG. Entropy-coded data stuffs every 0xFF byte with 0x00, so 0xFFDA only
+    ever appears as a marker."""
+    return data.count(b"\xff\xda")
+
+
+def sanitize_name(name: object, limit: int = 32, empty: str = "guest") -> str:
+    """Printable letters, digits and ' ._-' only, at most ``limit`` characters; never empty. Used for names and
+    labels alike, wherever they are shown or returned (grid, dashboard, status.json, logs)."""
+    text = "".join(c for c in str(name) if (c.isalnum() and c.isprintable()) or c in " ._-").strip()[:limit]
+    return text or empty

@@ -25,7 +25,11 @@ from edgekit.group import cli, ctrl_c_interrupts
               help="Folder for events.jsonl, summary.json and (with --save-video) annotated.avi.")
 @click.option("--save-video/--no-save-video", default=True, show_default=True, help="Write the annotated video.")
 @click.option("--serve", default=None, metavar="HOST:PORT",
-              help="Stream the annotated video as MJPEG over HTTP (e.g. :8080; open http://HOST:PORT/ in a browser).")
+              help="Stream the annotated video as MJPEG over HTTP (:8080 = this machine only; 0.0.0.0:8080 = the "
+                   "network); viewers need the viewer token.")
+@click.option("--viewer-token", envvar="EDGEKIT_VIEWER_TOKEN", default=None,
+              help="What viewers of the HTTP stream must present (login form or 'Authorization: Bearer'); "
+                   "or $EDGEKIT_VIEWER_TOKEN; a random one is made and printed when not given.")
 @click.option("--show", is_flag=True, help="Show a window (needs a display and OpenCV with GUI; q quits).")
 @click.option("--smooth", default="window:5", show_default=True, help="window:N, ema:ALPHA or none.")
 @click.option("--hold", default=3, show_default=True, help="Frames a new label must stay on top before it is reported.")
@@ -48,7 +52,7 @@ from edgekit.group import cli, ctrl_c_interrupts
 @click.option("--max-frames", default=0, show_default=True, help="Stop after N frames (0 = until the source ends).")
 @click.option("--threads", default=2, show_default=True, help="Inference threads.")
 def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str | None, out: str, save_video: bool,
-            serve: str | None, show: bool, realtime: bool, loop: bool, reconnect: int, threads: int, every: int,
+            serve: str | None, viewer_token: str | None, show: bool, realtime: bool, loop: bool, reconnect: int, threads: int, every: int,
             max_frames: int, motion_gate: float, scale: float, **settings) -> None:
     """Classify frames from a camera, video, folder or URL in real time with any runtime.
 
@@ -60,7 +64,7 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
     from edgekit.edge_apps.pipeline import PipelineConfig, format_summary
 
     cfg = RunConfig(model=model, runtime=runtime, source=source, app=app, faces=faces, out=out, save_video=save_video,
-                    serve=serve, show=show, realtime=realtime, loop=loop, reconnect=reconnect, threads=threads,
+                    serve=serve, viewer_token=viewer_token, show=show, realtime=realtime, loop=loop, reconnect=reconnect, threads=threads,
                     pipeline=PipelineConfig(every=every, max_frames=max_frames, motion_gate=motion_gate, scale=scale),
                     settings=AppSettings(**settings))
     summary = run_camera(cfg, say=lambda line: click.echo(line, err=True))
@@ -71,10 +75,15 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
 
 
 @cli.command()
-@click.option("--host", default="0.0.0.0", show_default=True, help="Interface for participants.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface for participants (0.0.0.0: every interface, for participants on other machines).")
 @click.option("--port", default=7700, show_default=True, help="TCP port for participants (0 = any free port).")
 @click.option("--http", default=":8080", show_default=True, metavar="HOST:PORT",
-              help="Dashboard (annotated grid as MJPEG, status panel, /status.json); 'off' to disable.")
+              help="Dashboard (annotated grid as MJPEG, status panel, /status.json; HTTPS with --tls-cert; "
+                   ":8080 = this machine only); 'off' to disable.")
+@click.option("--viewer-token", envvar="EDGEKIT_VIEWER_TOKEN", default=None,
+              help="What viewers of the HTTP stream must present (login form or 'Authorization: Bearer'); "
+                   "or $EDGEKIT_VIEWER_TOKEN; a random one is made and printed when not given.")
 @click.option("--token", envvar="EDGEKIT_TOKEN", default="",
               help="Shared join token (or $EDGEKIT_TOKEN); a random one is made and printed when empty.")
 @click.option("--fps", default=10.0, show_default=True, help="Grids per second.")
@@ -85,7 +94,7 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
 @click.option("--tls-key", default=None, type=click.Path(), help="PEM private key for --tls-cert.")
 @click.option("--duration", default=0.0, show_default=True, help="Stop after N seconds (0 = until Ctrl-C).")
 @click.option("--json", "json_path", default=None, help="Write the final status here at exit.")
-def serve(host: str, port: int, http: str, token: str, fps: float, timeout: float, max_clients: int,
+def serve(host: str, port: int, http: str, viewer_token: str | None, token: str, fps: float, timeout: float, max_clients: int,
           max_message_kb: int, tls_cert: str | None, tls_key: str | None, duration: float,
           json_path: str | None) -> None:
     """EdgeAttend server: participants `edgekit join`, the host watches the annotated grid in a browser."""
@@ -95,6 +104,7 @@ def serve(host: str, port: int, http: str, token: str, fps: float, timeout: floa
     from edgekit.edge_apps.meeting_server import MeetingServer, ServerConfig
 
     server = MeetingServer(ServerConfig(host=host, port=port, http=None if http == "off" else http, token=token,
+                                        viewer_token=viewer_token or "",
                                         fps=fps, timeout=timeout, max_clients=max_clients,
                                         max_message=max_message_kb * 1024, tls_cert=tls_cert, tls_key=tls_key,
                                         duration=duration))
@@ -102,7 +112,8 @@ def serve(host: str, port: int, http: str, token: str, fps: float, timeout: floa
     def ready(s: MeetingServer) -> None:
         click.echo(f"meeting on {host}:{s.port}{' (TLS)' if tls_cert else ''}"
                    + (f", dashboard {s.http.url}" if s.http else "")
-                   + ("" if token else f", join token {s.token}"), err=True)
+                   + ("" if token else f", join token {s.token}")
+                   + (f", viewer token {s.http.token}" if s.http and s.http.generated_token else ""), err=True)
         click.echo(f"participants: edgekit join --server HOST:{s.port} --name NAME --token TOKEN --model M.onnx",
                    err=True)
 
@@ -133,13 +144,19 @@ def serve(host: str, port: int, http: str, token: str, fps: float, timeout: floa
 @click.option("--tls-ca", default=None, type=click.Path(), help="CA file that signed the server's certificate.")
 @click.option("--fps", default=10.0, show_default=True, help="Tiles per second at most.")
 @click.option("--duration", default=0.0, show_default=True, help="Leave after N seconds (0 = until Ctrl-C).")
+@click.option("--full-wait", default=60.0, show_default=True,
+              help="'Meeting full': keep retrying this many seconds, then give up with exit 1.")
 @click.option("--out", default="runs/join", show_default=True, help="Folder for summary.json and the last grid.jpg.")
-@click.option("--serve", default=None, metavar="HOST:PORT", help="Show the shared grid as MJPEG on this address.")
+@click.option("--serve", default=None, metavar="HOST:PORT",
+              help="Show the shared grid as MJPEG on this address (:8081 = this machine only).")
+@click.option("--viewer-token", envvar="EDGEKIT_VIEWER_TOKEN", default=None,
+              help="What viewers of the HTTP stream must present (login form or 'Authorization: Bearer'); "
+                   "or $EDGEKIT_VIEWER_TOKEN; a random one is made and printed when not given.")
 @click.option("--show", is_flag=True, help="Show the shared grid in a window (needs a display and OpenCV with GUI).")
 @click.option("--threads", default=2, show_default=True)
 def join(server: str, name: str, token: str, model: str, runtime: str | None, source: str, loop: bool, faces: str,
-         window: int, privacy: bool, tls: bool, tls_ca: str | None, fps: float, duration: float, out: str,
-         serve: str | None, show: bool, threads: int) -> None:
+         window: int, privacy: bool, tls: bool, tls_ca: str | None, fps: float, duration: float, full_wait: float,
+         out: str, serve: str | None, viewer_token: str | None, show: bool, threads: int) -> None:
     """Join an EdgeAttend meeting: attentiveness is computed here; only a tile and the label are sent."""
     ctrl_c_interrupts()
     from edgekit.edge_apps.apps import AppSettings, Timer, build_app
@@ -148,7 +165,7 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
     from edgekit.edge_apps.meeting_client import MeetingClient
     from edgekit.runtimes import RuntimeOptions, load_runtime
 
-    config = JoinConfig(source=source, fps=fps, duration=duration, loop=loop)
+    config = JoinConfig(source=source, fps=fps, duration=duration, loop=loop, full_wait=full_wait)
     settings = AppSettings(window=window)
     client = MeetingClient(server, name, token, privacy=privacy, tls=tls, tls_ca=tls_ca)
     rt = load_runtime(model, runtime, RuntimeOptions(threads=threads))
@@ -163,8 +180,9 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
     if serve:
         from edgekit.edge_apps.stream import MjpegServer
 
-        viewers.append(MjpegServer(serve, title=f"edgekit meeting: {name}"))
-        click.echo(f"shared grid on {viewers[-1].url}", err=True)
+        viewers.append(MjpegServer(serve, title=f"edgekit meeting: {name}", token=viewer_token))
+        click.echo(f"shared grid on {viewers[-1].url}"
+                   + (f" (viewer token {viewers[-1].token})" if viewers[-1].generated_token else ""), err=True)
     try:
         result = run_join(client, app, config, folder, viewers)
     except KeyboardInterrupt:
@@ -175,6 +193,10 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
             viewer.close()
     write_summary(folder, result)
     click.echo(json.dumps(result))
+    if not result.get("connects") and not result.get("interrupted"):
+        from edgekit.core.errors import EdgekitError
+
+        raise EdgekitError(f"never got into the meeting at {server}: {result.get('last_error') or 'no answer'}")
 
 
 @cli.group()

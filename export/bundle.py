@@ -67,10 +67,12 @@ edgekit doctor models/%(model)s
 
 RUN = """#!/usr/bin/env bash
 # The camera app on this device: bash run.sh [SOURCE] [more edgekit run options]; watch on http://PI:8080/
+# from another machine, signing in with the viewer token printed at start (or set EDGEKIT_VIEWER_TOKEN).
+# SERVE=127.0.0.1:8080 keeps the stream on the Pi itself.
 set -euo pipefail
 cd "$(dirname "$0")"
 . "${VENV:-$HOME/edgekit-venv}/bin/activate"
-exec edgekit run --model models/%(model)s --runtime onnxruntime --source "${1:-0}" --serve :8080 "${@:2}"
+exec edgekit run --model models/%(model)s --runtime onnxruntime --source "${1:-0}" --serve "${SERVE:-0.0.0.0:8080}" "${@:2}"
 """
 
 README = """# edgekit bundle for a Raspberry Pi (64-bit OS)

@@ -94,14 +94,16 @@ def test_mjpeg_stream_plays_in_headless_chromium_and_ctrl_c_keeps_the_files(bina
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "run", "--app", "attend", "--model",
                              str(binary_models["onnxruntime"]), "--source", str(faces_video), "--realtime",
-                             "--loop", "--serve", f"127.0.0.1:{port}", "--out", str(tmp_path)],
+                             "--loop", "--serve", f"127.0.0.1:{port}", "--viewer-token", "watch-me", "--out",
+                             str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         line = ""
         while proc.poll() is None and "streaming on" not in line:
             line = proc.stderr.readline()
         assert f"streaming on http://127.0.0.1:{port}/" in line, line
-        with Browser(f"http://127.0.0.1:{port}/") as browser:
+        with Browser(f"http://127.0.0.1:{port}/login") as browser:
+            browser.login("watch-me")
             assert browser.image_width("live") > 0  # the page loaded and the first frame decoded
             seen = browser.count_frames("live", polls=15)
         assert seen["distinct"] >= 3, seen  # new frames kept arriving in the browser
@@ -229,15 +231,26 @@ def test_stream_server_serves_newest_frame_and_status(tmp_path):
 
     from edgekit.edge_apps.stream import MjpegServer
 
-    server = MjpegServer("127.0.0.1:0")
+    server = MjpegServer("127.0.0.1:0", token="tok")
+
+    def get(path: str, token: str | None = "tok"):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return urllib.request.urlopen(urllib.request.Request(server.url + path, headers=headers), timeout=5)
+
     try:
-        with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(server.url + "frame.jpg", timeout=5)  # 503 before the first frame
+        with pytest.raises(urllib.error.HTTPError) as early:
+            get("frame.jpg")
+        assert early.value.code == 503  # before the first frame
         server.publish(b"\xff\xd8first", {"label": "a"})
         server.publish(b"\xff\xd8second", {"label": "b"})
-        assert urllib.request.urlopen(server.url + "frame.jpg", timeout=5).read() == b"\xff\xd8second"
-        assert json.loads(urllib.request.urlopen(server.url + "status.json", timeout=5).read())["label"] == "b"
-        with urllib.request.urlopen(server.url + "stream.mjpg", timeout=5) as stream:
+        for path in ("", "frame.jpg", "status.json", "stream.mjpg"):
+            for token in (None, "wrong"):
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    get(path, token)
+                assert refused.value.code == 401 and b"second" not in refused.value.read()
+        assert get("frame.jpg").read() == b"\xff\xd8second"
+        assert json.loads(get("status.json").read())["label"] == "b"
+        with get("stream.mjpg") as stream:
             head = [stream.readline() for _ in range(4)]
             assert head[:2] == [b"--edgekitframe\r\n", b"Content-Type: image/jpeg\r\n"] and head[3] == b"\r\n"
             assert stream.read(int(head[2].split(b":")[1])) == b"\xff\xd8second"

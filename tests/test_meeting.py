@@ -23,13 +23,24 @@ from edgekit.edge_apps import protocol as p
 pytestmark = pytest.mark.network
 
 TOKEN = "test-token"
+VIEWER = "viewer-secret"  # the dashboard's token, different from the join token
+
+
+def get(url: str, token: str | None = VIEWER, timeout: float = 5, cafile: str | None = None):
+    """GET with the viewer token as a bearer header (None: without any); HTTPS trusting ``cafile``."""
+    import ssl
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
+    return urllib.request.urlopen(request, timeout=timeout, context=context)
 
 
 @contextmanager
 def meeting(*extra: str):
     port, http = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--port", str(port), "--http",
-                             f"127.0.0.1:{http}", "--token", TOKEN, "--timeout", "4", *extra],
+                             f"127.0.0.1:{http}", "--token", TOKEN, "--viewer-token", VIEWER, "--timeout", "4",
+                             *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = ""
@@ -42,8 +53,10 @@ def meeting(*extra: str):
         proc.wait(timeout=30)
 
 
-def status(http: int) -> dict:
-    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http}/status.json", timeout=5).read())
+def status(http: int, cafile: str | None = None) -> dict:
+    """The dashboard's /status.json (over HTTPS, trusting ``cafile``, when the meeting runs TLS)."""
+    scheme = "https" if cafile else "http"
+    return json.loads(get(f"{scheme}://127.0.0.1:{http}/status.json", cafile=cafile).read())
 
 
 def wait_until(predicate, timeout: float = 60.0):
@@ -70,12 +83,13 @@ def jpeg(colour: int) -> bytes:
 class SimClient(threading.Thread):
     """Speaks the protocol from a socket: tiles at ``fps`` (changing pictures), counts grids."""
 
-    def __init__(self, port: int, name: str, fps: float = 10.0):
+    def __init__(self, port: int, name: str, fps: float = 10.0, timeout: float | None = 10.0):
         super().__init__(daemon=True)
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock.sendall(p.encode_json(p.HELLO, {"token": TOKEN, "name": name}))
         kind, payload = p.recv_message(self.sock)
         assert kind == p.WELCOME, payload
+        self.sock.settimeout(timeout)  # before the receive thread starts: a blocked recv keeps its old timeout
         self.fps, self.grids, self.stop, self.closed, self.paused = fps, 0, False, False, False
         self.lock = threading.Lock()  # one writer at a time on the socket
         self.frames = [jpeg(c) for c in range(20, 240, 20)]
@@ -126,8 +140,8 @@ def kinds_of(answer: bytes) -> list[int]:
     return kinds
 
 
-def participants(http: int) -> dict:
-    return {q["name"]: q for q in status(http)["participants"]}
+def participants(http: int, cafile: str | None = None) -> dict:
+    return {q["name"]: q for q in status(http, cafile)["participants"]}
 
 
 def test_protocol_round_trip_and_refusals():
@@ -227,11 +241,16 @@ def test_dashboard_in_headless_chromium_shows_the_grid_and_the_clients():
         for c in clients:
             c.start()
         wait_until(lambda: len(participants(http)) == 2)
-        with Browser(f"http://127.0.0.1:{http}/") as browser:
+        with Browser(f"http://127.0.0.1:{http}/login") as browser:
+            browser.login(VIEWER)
             assert browser.image_width("live") > 0
             seen = browser.count_frames("live", polls=15)
         assert seen["distinct"] >= 3, seen  # the grid image keeps updating in the page
         assert "dora" in seen["text"] and "emil" in seen["text"] and '"count": 2' in seen["text"]
+        with Browser(f"http://127.0.0.1:{http}/") as stranger:  # a second browser, without the token
+            page = stranger.wait_for("document.body && document.body.innerText")
+            assert "401" in page and stranger.image_width("live", timeout=2) == 0
+            assert stranger.evaluate("fetch('/stream.mjpg').then(r => r.status)") == 401
         for c in clients:
             c.stop = True
 
@@ -264,18 +283,20 @@ def test_join_without_server_or_camera_keeps_working(binary_models, tmp_path):
     port, view = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "join", "--server", f"127.0.0.1:{port}", "--name",
                              "late", "--token", TOKEN, "--model", str(binary_models["onnxruntime"]), "--source",
-                             "/dev/video99", "--duration", "12", "--serve", f"127.0.0.1:{view}", "--out",
+                             "/dev/video99", "--duration", "12", "--serve", f"127.0.0.1:{view}", "--viewer-token",
+                             VIEWER, "--out",
                              str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(3)
     http = free_port()
     server = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--port", str(port), "--http",
-                               f"127.0.0.1:{http}", "--token", TOKEN], stdout=subprocess.DEVNULL,
+                               f"127.0.0.1:{http}", "--token", TOKEN, "--viewer-token", VIEWER],
+                              stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         me = wait_until(lambda: participants(http).get("late") if server.poll() is None else None, timeout=30)
         assert me["label"] == "not attentive" and me["score"] == 0.0
-        grid = wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{view}/frame.jpg", timeout=5).read(),
+        grid = wait_until(lambda: get(f"http://127.0.0.1:{view}/frame.jpg").read(),
                           timeout=10)
         assert grid[:2] == b"\xff\xd8"
         stdout, stderr = proc.communicate(timeout=60)
@@ -300,10 +321,11 @@ def test_tls_meeting_and_a_plain_client_is_refused(tmp_path):
         client = MeetingClient(f"127.0.0.1:{port}", "secure", TOKEN, tls=True, tls_ca=str(cert))
         client.connect()
         assert client.send(p.encode_tile({"label": "attentive", "score": 0.7}, jpeg(90)))
-        wait_until(lambda: participants(http).get("secure", {}).get("label") == "attentive", timeout=10)
+        ca = str(cert)  # the dashboard is HTTPS too
+        wait_until(lambda: participants(http, ca).get("secure", {}).get("label") == "attentive", timeout=10)
         wait_until(lambda: client.grids > 0, timeout=10)
         client.close()
         plain = MeetingClient(f"127.0.0.1:{port}", "plain", TOKEN)
         with pytest.raises((p.ProtocolError, OSError)):
             plain.connect()  # TLS server, plain client: the handshake fails, nobody joins
-        assert "plain" not in participants(http) and server.poll() is None
+        assert "plain" not in participants(http, ca) and server.poll() is None

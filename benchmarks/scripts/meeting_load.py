@@ -89,7 +89,7 @@ async def main_async(args) -> dict:
     port, http = free_port(), free_port()
     token = "load-test"
     server = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--port", str(port), "--http",
-                               f"127.0.0.1:{http}", "--token", token, "--duration", str(args.seconds + 30),
+                               f"127.0.0.1:{http}", "--token", token, "--viewer-token", token, "--duration", str(args.seconds + 30),
                                "--max-clients", str(args.clients + 8)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -103,7 +103,8 @@ async def main_async(args) -> dict:
             start = time.monotonic()
             while True:
                 await asyncio.sleep(5)
-                status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http}/status.json", timeout=5).read())
+                status = json.loads(urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{http}/status.json", headers={"Authorization": f"Bearer {token}"}), timeout=5).read())
                 rss.append((round(time.monotonic() - start, 1), current_rss_mb(server.pid)))
                 counts.append(status["count"])
 
@@ -111,7 +112,8 @@ async def main_async(args) -> dict:
         await asyncio.gather(*(participant(i, port, token, frames, args.fps, args.seconds, stats)
                                for i in range(args.clients)))
         sampler.cancel()
-        status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http}/status.json", timeout=5).read())
+        status = json.loads(urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{http}/status.json", headers={"Authorization": f"Bearer {token}"}), timeout=5).read())
     finally:
         server.terminate()
         server.wait(timeout=30)
