@@ -13,7 +13,9 @@ import numpy as np
 
 from edgekit.edge_apps import protocol as p
 
-TILE_W, TILE_H, PANEL_W = 240, 180, 320
+TILE_W, TILE_H, PANEL_W = 240, 180, 320  # a cell of a small meeting, the host's status panel
+HOST_W, HOST_H = 1280, 960  # the host's mosaic (without the panel) never grows past this; cells shrink instead
+PARTICIPANT_W, PARTICIPANT_H = 640, 480  # the grid every participant receives, at most
 
 
 # OpenCV decodes a JPEG at 1/2, 1/4 or 1/8 of its size in a fraction of the time: tiles larger than their
@@ -38,12 +40,25 @@ def decode_tile(jpeg: bytes):
     return cv2.imdecode(np.frombuffer(jpeg, np.uint8), flag)
 
 
+def cell_size(count: int) -> tuple[int, int, int, int]:
+    """(columns, rows, cell width, cell height) of the host's grid: square-ish, cells of TILE_W x TILE_H until
+    the grid would pass HOST_W x HOST_H, smaller (same 4:3) beyond."""
+    cols = max(1, math.ceil(math.sqrt(count)))
+    rows = max(1, math.ceil(count / cols))
+    scale = min(1.0, HOST_W / (cols * TILE_W), HOST_H / (rows * TILE_H))
+    return cols, rows, max(16, int(TILE_W * scale)), max(12, int(TILE_H * scale))
+
+
 def compose(people: list) -> tuple[bytes, bytes, list[float]]:
-    """Decode the participants' new tiles, draw both grids, encode them: (annotated JPEG, clean JPEG, arrival
-    times of the tiles shown for the first time). Runs on a worker thread; ``people`` are the server's
-    Participant records (name, label, score, privacy, jpeg, arrived, image, bad_tiles)."""
+    """Decode the participants' new tiles, draw both grids, encode them: (annotated JPEG for the host, clean
+    JPEG for the participants, arrival times of the tiles shown for the first time). Runs on a worker thread;
+    ``people`` are the server's Participant records (name, label, score, privacy, jpeg, arrived, image,
+    bad_tiles). Each tile is decoded once, when it arrives, and kept at its cell size; the participants' grid
+    is the host's mosaic scaled to fit PARTICIPANT_W x PARTICIPANT_H, so what every participant receives has a
+    bounded size however many join (the traffic grows with the participants, not with their square)."""
     import cv2
 
+    cols, rows, cell_w, cell_h = cell_size(len(people))
     arrived = []
     for q in people:
         jpeg, q.jpeg = q.jpeg, None
@@ -52,37 +67,42 @@ def compose(people: list) -> tuple[bytes, bytes, list[float]]:
             if image is None:
                 q.bad_tiles += 1  # the previous tile stays
             else:
-                q.image = cv2.resize(image, (TILE_W, TILE_H), interpolation=cv2.INTER_AREA)
+                q.image = cv2.resize(image, (cell_w, cell_h), interpolation=cv2.INTER_AREA)
                 if q.arrived is not None:
                     arrived.append(q.arrived)
-    cols = max(1, math.ceil(math.sqrt(len(people))))
-    rows = max(1, math.ceil(len(people) / cols))
-    clean = np.zeros((rows * TILE_H, cols * TILE_W, 3), np.uint8)
+        if q.image is not None and q.image.shape[:2] != (cell_h, cell_w):  # the grid was re-laid out
+            q.image = cv2.resize(q.image, (cell_w, cell_h), interpolation=cv2.INTER_AREA)
+    font = 0.5 * min(1.0, cell_w / TILE_W)
+    clean = np.zeros((rows * cell_h, cols * cell_w, 3), np.uint8)
     for i, q in enumerate(people):
         y, x = divmod(i, cols)
-        tile = clean[y * TILE_H:(y + 1) * TILE_H, x * TILE_W:(x + 1) * TILE_W]
+        tile = clean[y * cell_h:(y + 1) * cell_h, x * cell_w:(x + 1) * cell_w]
         if q.image is not None:
             tile[:] = q.image
         elif q.privacy:
-            cv2.putText(tile, "labels only", (6, TILE_H // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (160, 160, 160), 1,
+            cv2.putText(tile, "labels only", (6, cell_h // 2), cv2.FONT_HERSHEY_SIMPLEX, font, (160, 160, 160), 1,
                         cv2.LINE_AA)
-        cv2.putText(tile, q.name, (6, TILE_H - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    annotated = np.zeros((max(rows * TILE_H, 240), cols * TILE_W + PANEL_W, 3), np.uint8)
-    annotated[:rows * TILE_H, :cols * TILE_W] = clean
+        cv2.putText(tile, q.name, (4, cell_h - 6), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), 1, cv2.LINE_AA)
+    annotated = np.zeros((max(rows * cell_h, 240), cols * cell_w + PANEL_W, 3), np.uint8)
+    annotated[:rows * cell_h, :cols * cell_w] = clean
     for i, q in enumerate(people):
         y, x = divmod(i, cols)
         colour = (128, 128, 128) if q.label == "waiting" else \
             (0, 200, 0) if q.label == "attentive" else (0, 0, 230)
-        cv2.rectangle(annotated, (x * TILE_W + 1, y * TILE_H + 1), ((x + 1) * TILE_W - 2, (y + 1) * TILE_H - 2),
-                      colour, 3)
-        cv2.putText(annotated, f"{q.label} {q.score:.2f}", (x * TILE_W + 8, y * TILE_H + 22),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour, 2, cv2.LINE_AA)
-    panel_x = cols * TILE_W + 10
+        cv2.rectangle(annotated, (x * cell_w + 1, y * cell_h + 1), ((x + 1) * cell_w - 2, (y + 1) * cell_h - 2),
+                      colour, 2 if cell_w < TILE_W else 3)
+        cv2.putText(annotated, f"{q.label} {q.score:.2f}", (x * cell_w + 6, y * cell_h + int(22 * font / 0.5)),
+                    cv2.FONT_HERSHEY_SIMPLEX, font * 1.1, colour, 1 if cell_w < TILE_W else 2, cv2.LINE_AA)
+    panel_x = cols * cell_w + 10
     lines = [f"participants: {len(people)}", time.strftime("%H:%M:%S")] + \
             [f"{q.name[:14]:<14} {q.label[:13]:<13} {q.score:.2f}" for q in people[:40]]
     for j, text in enumerate(lines):
         cv2.putText(annotated, text, (panel_x, 24 + 20 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
                     cv2.LINE_AA)
+    scale = min(1.0, PARTICIPANT_W / clean.shape[1], PARTICIPANT_H / clean.shape[0])
+    if scale < 1.0:
+        clean = cv2.resize(clean, (max(1, int(clean.shape[1] * scale)), max(1, int(clean.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
     quality = [cv2.IMWRITE_JPEG_QUALITY, 75]
     return cv2.imencode(".jpg", annotated, quality)[1].tobytes(), cv2.imencode(".jpg", clean, quality)[1].tobytes(), \
         arrived

@@ -300,8 +300,12 @@ class MeetingServer:
     async def serve(self, ready=None) -> None:
         self._stop = asyncio.Event()
         try:
-            server = await asyncio.start_server(self.handle, self.cfg.host, self.cfg.port, ssl=self._ssl(),
-                                                limit=self.cfg.max_message + 64)
+            context = self._ssl()
+            server = await asyncio.start_server(self.handle, self.cfg.host, self.cfg.port, ssl=context,
+                                                limit=self.cfg.max_message + 64,
+                                                # a peer that never starts the handshake is dropped like one
+                                                # that never says HELLO (asyncio's default is 60 s)
+                                                ssl_handshake_timeout=5.0 if context else None)
         except OSError as exc:
             raise BadInputError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror}") from None
         self.port = server.sockets[0].getsockname()[1]

@@ -177,4 +177,12 @@ def test_the_dashboard_is_https_when_the_meeting_uses_tls(tmp_path):
             pass  # closed either way
         assert time.monotonic() - start < 15  # dropped after the 10 s timeout, not held
         silent.close()
+        quiet = socket.create_connection(("127.0.0.1", port), timeout=30)  # the TLS meeting port, no handshake
+        start = time.monotonic()
+        try:
+            assert quiet.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - start < 10  # 5 s handshake timeout (asyncio's default would be 60 s)
+        quiet.close()
         assert os.path.exists(cert)
