@@ -36,6 +36,7 @@ import numpy as np
 from edgekit.core import checks
 from edgekit.core.errors import BadInputError
 from edgekit.core.hardware import current_rss_mb, peak_rss_mb
+from edgekit.core.ratelimit import RateLimitedLog
 from edgekit.edge_apps import protocol as p
 from edgekit.edge_apps.grid import compose
 
@@ -117,6 +118,7 @@ class MeetingServer:
         self.port = cfg.port
         self._stop: asyncio.Event | None = None
         self.failures: dict[str, int] = {}  # wrong join tokens per address (insertion order = age)
+        self.logs = RateLimitedLog(log)  # connection-level lines: a flood of bad peers cannot flood the log
 
     # ---- connections -------------------------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -157,7 +159,8 @@ class MeetingServer:
                     raise p.ProtocolError(f"unexpected {p.NAMES[kind]} from a client")
         except p.ProtocolError as exc:
             self.rejected += 1
-            log.warning("closing %s (%s): %s", participant.name if participant else "unauthenticated", address, exc)
+            self.logs.warning("closing %s (%s): %s", participant.name if participant else "unauthenticated", address,
+                              exc)
             if sender is not None:
                 sender.cancel()  # the ERROR must be the last message: no grid may follow it while it drains
             try:
@@ -166,9 +169,9 @@ class MeetingServer:
             except (OSError, asyncio.TimeoutError):
                 pass  # the peer is already gone; the reason is logged above
         except asyncio.TimeoutError:  # only the handshake has a timeout; silence after it is _watch_silence's
-            log.info("closing %s: no HELLO within 5 s", address)
+            self.logs.info("closing %s: no HELLO within 5 s", address)
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-            log.info("%s (%s) disconnected: %s", participant.name if participant else "client", address,
+            self.logs.info("%s (%s) disconnected: %s", participant.name if participant else "client", address,
                      type(exc).__name__)
         finally:
             if sender is not None:
@@ -190,9 +193,8 @@ class MeetingServer:
         host = address.rsplit(":", 1)[0]
         if not hmac.compare_digest(token.encode(), self.token.encode()):
             count = self._failed(host)
-            if count <= 10 or count % 100 == 0:  # bounded logging under a flood
-                log.warning("wrong join token from %s (%d failures; next try waits %.1f s)", host, count,
-                            self._backoff(host))
+            self.logs.warning("wrong join token from %s (%d failures; next try waits %.1f s)", host, count,
+                              self._backoff(host))
             raise p.ProtocolError("wrong join token")
         self.failures.pop(host, None)
         if len(self.participants) >= self.cfg.max_clients:

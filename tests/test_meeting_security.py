@@ -186,3 +186,15 @@ def test_the_dashboard_is_https_when_the_meeting_uses_tls(tmp_path):
         assert time.monotonic() - start < 10  # 5 s handshake timeout (asyncio's default would be 60 s)
         quiet.close()
         assert os.path.exists(cert)
+
+
+def test_connection_log_lines_are_rate_limited(caplog):
+    import logging
+
+    from edgekit.core.ratelimit import RateLimitedLog
+
+    logs = RateLimitedLog(logging.getLogger("edgekit.test.flood"), per_minute=5)
+    with caplog.at_level(logging.INFO, logger="edgekit.test.flood"):
+        for i in range(1000):
+            logs.warning("closing peer %d: bad magic", i)
+    assert len(caplog.records) == 5 and logs.dropped == 995
