@@ -19,6 +19,7 @@ from pathlib import Path
 from edgekit.core import checks
 from edgekit.core.errors import BadInputError, EdgekitError
 from edgekit.runtimes.base import FORMAT_RUNTIMES, RuntimeOptions, detect_format, model_size_bytes, resolve_runtime
+from edgekit.core import jsonio
 
 # The framework each backend needs, and the extra that installs it.
 BACKEND_PACKAGES = {"pytorch": ("torch", "train"), "onnxruntime": ("onnxruntime", "onnx"),
@@ -268,7 +269,7 @@ def write_csv(result: dict, path: Path) -> None:
 
 def write_json(result: dict, path: Path) -> None:
     slim = {**result, "rows": [{k: v for k, v in r.items() if k != "predictions"} for r in result["rows"]]}
-    path.write_text(json.dumps(slim, indent=2) + "\n")
+    path.write_text(jsonio.dumps(slim, indent=2) + "\n")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -314,6 +315,15 @@ def load_result(path: str | Path) -> dict:
         raise BadInputError(f"{path} is not a benchmark JSON file: {exc}") from exc
     if not isinstance(data, dict) or "rows" not in data or "environment" not in data:
         raise BadInputError(f"{path} is not an `edgekit bench --json` file (no rows/environment)")
+    rows, env = data["rows"], data["environment"]
+    needed = {"name": str, "runtime": str, "threads": int, "batch": int, "status": str}
+    if not isinstance(env, dict) or not isinstance(rows, list) or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in needed.items()) for r in rows):
+        raise BadInputError(f"{path}: rows/environment do not have the shape `edgekit bench --json` writes")
+    for row in rows:
+        if row["status"] == "ok" and not all(isinstance(row.get(k), (int, float)) and row[k] > 0
+                                             for k in ("p50_ms", "p90_ms")):
+            raise BadInputError(f"{path}: an ok row without positive p50_ms/p90_ms ({row['name']})")
     return data
 
 
@@ -333,8 +343,8 @@ def compare(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> tuple[str,
                           "p50_ratio": rb["p50_ms"] / ra["p50_ms"], "p90_ratio": rb["p90_ms"] / ra["p90_ms"]})
     if not pairs:
         raise EdgekitError("the two results have no ok rows in common (same model file, runtime, precision, threads)")
-    lines = [f"{names[0]}: {a['environment']['cpu']} ({a['environment']['usable_cpus']} cpus)",
-             f"{names[1]}: {b['environment']['cpu']} ({b['environment']['usable_cpus']} cpus)",
+    lines = [f"{names[0]}: {a['environment'].get('cpu', '?')} ({a['environment'].get('usable_cpus', '?')} cpus)",
+             f"{names[1]}: {b['environment'].get('cpu', '?')} ({b['environment'].get('usable_cpus', '?')} cpus)",
              f"{'model':<24}{'runtime':<13}{'prec':<6}{'thr':>4}{'p50 A':>9}{'p50 B':>9}{'B/A':>7}"
              f"{'p90 A':>9}{'p90 B':>9}{'B/A':>7}"]
     for p in pairs:

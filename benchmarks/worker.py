@@ -108,6 +108,8 @@ def run_job(job: dict) -> dict:
         inputs, count, labels = evaluation_set(job["data"], spec, job.get("images", 0), job.get("seed", 0))
         step = max(batch, 1)
         logits = np.concatenate([runtime.infer(inputs(i, min(i + step, count))) for i in range(0, count, step)])
+        if not np.isfinite(logits).all():
+            raise EdgekitError(f"{job['model']} gives NaN or infinite outputs on the evaluation images")
         preds = predictions(logits, spec.binary)
         result["predictions"] = preds.tolist()
         if labels is not None:

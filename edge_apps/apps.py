@@ -139,6 +139,9 @@ class Classifier:
         x = self.prepare(image) if prepared is None else prepared
         with self.timer("infer"):
             logits = self.runtime.infer(x)[0]
+        if not np.isfinite(logits).all():
+            raise BadInputError("the model gives NaN or infinite outputs: its weights or spec are broken "
+                                "(check it with `edgekit verify`)")
         self.inferences += 1
         return probabilities(logits, self.spec.binary)
 

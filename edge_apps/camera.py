@@ -7,7 +7,6 @@ runtime. It writes ``events.jsonl``, ``summary.json`` and, when asked, ``annotat
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ from edgekit.core import checks
 from edgekit.core.errors import BadInputError
 from edgekit.edge_apps.apps import AppSettings, Timer, app_class, build_app
 from edgekit.edge_apps.pipeline import JsonlEvents, Pipeline, PipelineConfig, StreamSink, VideoSink, WindowSink
+from edgekit.core import jsonio
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
         if frames is not None:
             frames.close()
         rt.close()
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (folder / "summary.json").write_text(jsonio.dumps(summary, indent=2, default=str) + "\n")
     summary["written"] = [str(folder / name) for name in ("events.jsonl", "summary.json", "annotated.avi")
                           if name != "annotated.avi" or cfg.save_video]
     return summary

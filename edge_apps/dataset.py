@@ -58,6 +58,13 @@ class FaceDatasetReport:
 def read_levels(path: Path, clip_column: str, column: str) -> dict[str, int]:
     if not path.is_file():
         raise BadInputError(f"labels CSV not found: {path}")
+    try:
+        return _read_levels(path, clip_column, column)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{path} is not a UTF-8 CSV file ({type(exc).__name__})") from None
+
+
+def _read_levels(path: Path, clip_column: str, column: str) -> dict[str, int]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = [name.strip() for name in reader.fieldnames or []]

@@ -9,7 +9,6 @@ for ``full_wait`` seconds; a run that never got into the meeting exits non-zero.
 """
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import time
@@ -25,6 +24,7 @@ from edgekit.edge_apps.meeting_client import JoinRefused, MeetingClient
 from edgekit.edge_apps.sources import Frame, FrameSource
 from edgekit.core import checks
 from edgekit.core.errors import BadInputError
+from edgekit.core import jsonio
 
 log = logging.getLogger("edgekit.join")
 
@@ -150,4 +150,4 @@ def summary(client: MeetingClient, frames: int, sent: int, camera: bool, started
 
 
 def write_summary(out: Path, result: dict) -> None:
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "summary.json").write_text(jsonio.dumps(result, indent=2) + "\n")

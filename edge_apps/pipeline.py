@@ -16,7 +16,6 @@ model-only FPS (1 / mean inference time), frames read / dropped / corrupt, peak 
 """
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -30,6 +29,7 @@ from edgekit.edge_apps.sources import Frame, FrameSource
 from edgekit.core import checks
 from edgekit.core.errors import BadInputError
 from edgekit.core.hardware import peak_rss_mb
+from edgekit.core import jsonio
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,23 @@ class JsonlEvents:
 
     def __init__(self, path: Path):
         self.path = path
-        self.file = open(path, "w", encoding="utf-8")
+        try:
+            self.file = open(path, "w", encoding="utf-8")
+        except OSError as exc:
+            raise BadInputError(f"cannot write {path}: {exc.strerror}") from None
 
     def write(self, event: dict) -> None:
-        self.file.write(json.dumps(event) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(jsonio.dumps(event) + "\n")
+            self.file.flush()
+        except OSError as exc:  # a full disk: one clean error; the pipeline still closes its sinks in order
+            raise BadInputError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the write that failed already raised its error; closing must not hide it
 
 
 class VideoSink:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hmac
 import html
-import json
 import secrets
 import socket
 import ssl
@@ -29,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
 from edgekit.core.errors import BadInputError
+from edgekit.core import jsonio
 
 BOUNDARY = "edgekitframe"
 COOKIE = "edgekit_session"
@@ -258,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/", "/index.html"):
             self._send(200, PAGE.format(title=html.escape(owner.title)).encode(), "text/html; charset=utf-8")
         elif path == "/status.json":
-            self._send(200, json.dumps(owner.status()).encode(), "application/json")
+            self._send(200, jsonio.dumps(owner.status()).encode(), "application/json")
         elif path == "/frame.jpg":
             _, frame = owner.next_frame(-1, timeout=0)
             if frame is None:

@@ -2,13 +2,13 @@
 config, call the library and print. The model commands are in edgekit.commands."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from edgekit.edge_apps.apps import APPS
 from edgekit.group import cli, ctrl_c_interrupts
+from edgekit.core import jsonio
 
 
 @cli.command("run")
@@ -101,7 +101,10 @@ def serve(host: str, port: int, http: str, viewer_token: str | None, token: str,
     ctrl_c_interrupts()
     import asyncio
 
+    from edgekit.core.checks import writable_file
     from edgekit.edge_apps.meeting_server import MeetingServer, ServerConfig
+
+    writable_file("--json", json_path)
 
     server = MeetingServer(ServerConfig(host=host, port=port, http=None if http == "off" else http, token=token,
                                         viewer_token=viewer_token or "",
@@ -123,7 +126,7 @@ def serve(host: str, port: int, http: str, viewer_token: str | None, token: str,
         click.echo("stopped", err=True)
     status = server.status()
     if json_path:
-        Path(json_path).write_text(json.dumps(status, indent=2) + "\n")
+        Path(json_path).write_text(jsonio.dumps(status, indent=2) + "\n")
     lat = status["latency_ms"]
     click.echo(f"{server.grids} grids, {server.joins_and_leaves} joins/leaves, {server.rejected} connections refused"
                + (f", frame-to-grid p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms" if lat else ""))
@@ -192,7 +195,7 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
         for viewer in viewers:
             viewer.close()
     write_summary(folder, result)
-    click.echo(json.dumps(result))
+    click.echo(jsonio.dumps(result))
     if not result.get("connects") and not result.get("interrupted"):
         from edgekit.core.errors import EdgekitError
 
@@ -239,11 +242,13 @@ def dataset_faces(**options) -> None:
 def doctor(model: str | None, runtime: str | None, camera: int, json_path: str | None) -> None:
     """Check this machine (and optionally MODEL): OS, CPU and what it means for INT8, runtimes, memory,
     camera, and whether the model loads and runs. Exit 1 when a check fails."""
+    from edgekit.core.checks import writable_file
     from edgekit.doctor import format_checks, run_checks, to_json
 
+    writable_file("--json", json_path)
     checks = run_checks(model, runtime, camera)
     click.echo(format_checks(checks))
     if json_path:
-        Path(json_path).write_text(json.dumps(to_json(checks), indent=2) + "\n")
+        Path(json_path).write_text(jsonio.dumps(to_json(checks), indent=2) + "\n")
     if any(c.status == "fail" for c in checks):
         raise click.exceptions.Exit(1)

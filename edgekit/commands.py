@@ -2,13 +2,13 @@
 call the library and print. The camera and meeting commands are in edgekit.app_commands."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from edgekit.group import cli
 from edgekit.core.errors import BadInputError, installed
+from edgekit.core import checks, jsonio
 
 
 def _need_torch() -> None:
@@ -90,11 +90,12 @@ def quantize(checkpoint: str, json_path: str | None, **options) -> None:
     _need_torch()
     from edgekit.training.quantize import QuantizeConfig, format_comparison, quantize_checkpoint
 
+    checks.writable_file("--json", json_path)
     keep = tuple(k.strip() for k in options.pop("keep_float").split(",") if k.strip())
     result = quantize_checkpoint(QuantizeConfig(checkpoint=checkpoint, keep_float=keep, **options))
     click.echo(format_comparison(result))
     if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        Path(json_path).write_text(jsonio.dumps(result, indent=2, default=str) + "\n")
     click.echo(f"INT8 checkpoint: {result['int8']['path']}")
     if result.get("gate_problems"):
         click.echo("INT8 misses the gate that export and verify apply: " + "; ".join(result["gate_problems"])
@@ -292,6 +293,7 @@ def verify(models: tuple[str, ...], reference: str, data: str | None, images: in
     The reference is the checkpoint computed in float64, so each row's logit difference is that model's own
     error; PyTorch FP32 is listed too, for scale, and never fails the command."""
     _need_torch()
+    checks.writable_file("--json", json_path)
     from edgekit.export.verify import VerificationFailed, failures
     from edgekit.export.verify import verify as run_verify
     from edgekit.models.checkpoint import load_checkpoint
@@ -303,7 +305,7 @@ def verify(models: tuple[str, ...], reference: str, data: str | None, images: in
     rows, table = run_verify([Path(m) for m in models], Path(reference), data, images, seed)
     click.echo(table)
     if json_path:
-        Path(json_path).write_text(json.dumps([
+        Path(json_path).write_text(jsonio.dumps([
             {k: getattr(r, k) for k in ("name", "precision", "max_abs", "mean_abs", "agreement", "top5", "accuracy",
                                         "delta_pp", "status")} for r in rows], indent=2) + "\n")
     if failures(rows):
@@ -372,6 +374,8 @@ def bench_run(models: tuple[str, ...], runtimes: str, threads: str, json_path, c
     """Benchmark MODELS (.pt checkpoints, .onnx, OpenVINO .xml); exit 1 when a row fails."""
     from edgekit.benchmarks import harness
 
+    for name, path in (("--json", json_path), ("--csv", csv_path), ("--markdown", markdown_path), ("--plot", plot_path)):
+        checks.writable_file(name, path)
     cfg = harness.BenchConfig(
         models=models, runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()), threads=_int_list(threads),
         options={"device": device, "performance_hint": performance_hint, "inference_precision": inference_precision,

@@ -17,7 +17,7 @@ from typing import Callable
 
 from edgekit.core import checks
 from edgekit.core.errors import BadInputError, UnknownNameError
-from edgekit.core.artifacts import Artifact, write_sidecar
+from edgekit.core.artifacts import OWNER_FILE, STAGE_PREFIX, Artifact, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,38 @@ def _writable_dir(out: Path) -> Path:
     return out
 
 
+WORK_PREFIX = "edgekit-export-work-"  # in the temp dir; stage folders are in the output folder (STAGE_PREFIX)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_stages(out: Path) -> list[Path]:
+    """Remove the stage folders (in ``out``) and work folders (in the temp dir) that an export killed before it
+    could clean up left behind: recognised by the owner file, removed only when that process is gone. Their
+    files were never verified, so nothing may pick them up."""
+    removed = []
+    for folder in [*out.glob(STAGE_PREFIX + "*"), *Path(tempfile.gettempdir()).glob(WORK_PREFIX + "*")]:
+        owner = folder / OWNER_FILE
+        try:
+            pid = int(owner.read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours (or not readable): leave it
+        if not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        log.info("removed %d folder(s) left by an interrupted export, e.g. %s", len(removed), removed[0])
+    return removed
+
+
 def export(cfg: ExportConfig) -> ExportResult:
     for name in cfg.formats:
         if name not in EXPORTERS:
@@ -279,8 +311,11 @@ def export(cfg: ExportConfig) -> ExportResult:
     if not Path(cfg.checkpoint).is_file():
         raise BadInputError(f"checkpoint not found: {cfg.checkpoint}")
     out = _writable_dir(Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent)
-    stage = Path(tempfile.mkdtemp(prefix=".edgekit-export-", dir=out))
-    work = Path(tempfile.mkdtemp(prefix="edgekit-export-work-"))
+    remove_stale_stages(out)
+    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out))
+    (stage / OWNER_FILE).write_text(str(os.getpid()))
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+    (work / OWNER_FILE).write_text(str(os.getpid()))
     result = ExportResult()
     try:
         job = ExportJob(cfg, stage, work)

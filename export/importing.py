@@ -75,7 +75,10 @@ def read_labels(labels: str | None, outputs: int) -> tuple[str, ...]:
         if labels in LABEL_FILES else Path(labels)
     if not path.is_file():
         raise BadInputError(f"labels file not found: {labels} (a file with one label per line, or 'imagenet')")
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    try:
+        names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (UnicodeDecodeError, OSError) as exc:
+        raise BadInputError(f"cannot read labels file {path}: {type(exc).__name__}") from None
     if len(set(names)) != len(names):
         raise BadInputError(f"{path} lists a label twice")
     expected = 2 if outputs == 1 else outputs

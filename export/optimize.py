@@ -59,6 +59,9 @@ class OptimizeConfig:
         checks.at_least("--images", self.images, 0)
         checks.threads("--threads", self.threads, allow_default=False)
         checks.within("--runs", self.runs, 1, 100_000)
+        for name, path in (("--calib", self.calib), ("--eval", self.eval)):
+            if not Path(path).exists():
+                raise BadInputError(f"{name} {path}: not found")
 
 
 @dataclass

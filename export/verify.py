@@ -57,6 +57,11 @@ def compare(reference: np.ndarray, rows: list[Row], labels: np.ndarray | None, b
     ref_pred = predictions(reference, binary)
     ref_acc = float((ref_pred == labels).mean()) if labels is not None else None
     for row in rows:
+        if not np.isfinite(row.logits).all():  # NaN compares false everywhere: it would pass every check below
+            row.problems.append("non-finite outputs (NaN or infinity)")
+            row.agreement, row.max_abs, row.mean_abs = 0.0, float("inf"), float("inf")
+            row.status = "FAIL: " + row.problems[0] if row.gates else "not gated: non-finite outputs"
+            continue
         diff = np.abs(row.logits.astype(np.float64) - reference)
         row.max_abs, row.mean_abs = float(diff.max()), float(diff.mean())
         pred = predictions(row.logits, binary)
@@ -106,6 +111,8 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
     chunks = [inputs[i:i + 500] for i in range(0, len(inputs), 500)]
     pytorch_fp32 = run_model(model, chunks)
     reference = run_model(model.double(), [c.astype(np.float64) for c in chunks])
+    if not np.isfinite(reference).all():
+        raise VerificationFailed(f"{reference_checkpoint} itself gives NaN or infinite outputs: nothing to verify against")
     name = Path(reference_checkpoint).name
     rows = [Row(f"PyTorch float64 ({name})", "fp64", reference),
             Row(f"PyTorch FP32 ({name})", "fp32", pytorch_fp32, gates=False)]

@@ -155,8 +155,11 @@ DECISIVE_FIELDS = ("labels", "input_size", "channels", "color", "layout", "dtype
 def artifact_spec(path: Path, embedded=None) -> ModelSpec:
     """The spec of an exported model: its sidecar, else ``embedded()`` (the copy inside the file). A
     sidecar that contradicts the embedded copy (a stale file left next to a new model) is refused."""
-    from edgekit.core.artifacts import read_sidecar, sidecar_path
+    from edgekit.core.artifacts import read_sidecar, sidecar_path, unverified_stage
 
+    if unverified_stage(path):
+        raise BadInputError(f"{path} is in an export's staging folder: it was never verified (the export was "
+                            "interrupted); run `edgekit export` again")
     inside = embedded() if embedded else None
     if sidecar_path(path).is_file():
         spec = read_sidecar(path)[0]

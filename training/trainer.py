@@ -9,7 +9,6 @@ data sets would wreck the ImageNet statistics).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import random
 import time
@@ -26,6 +25,7 @@ from edgekit.core.errors import BadInputError
 from edgekit.core.metrics import classification_report, default_positive, format_report
 from edgekit.models.registry import HeadConfig, build_model, get_arch
 from edgekit.training.torchdata import make_loader
+from edgekit.core import jsonio
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def train(cfg: TrainConfig) -> dict:
     report.update(train_seconds=train_seconds, skipped_images=len(table.skipped), config=asdict(cfg))
     model_info = {"arch": cfg.model, "head": asdict(HeadConfig(cfg.dropout, cfg.hidden))}
     path = save_checkpoint(out / "model.pt", Checkpoint(spec, model_info, model.state_dict(), history, report))
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "metrics.json").write_text(jsonio.dumps(report, indent=2) + "\n")
     plot_curves(history, out / "curves.png")
     table_text = "\n".join([format_report(report), *(f"warning: {w}" for w in report["warnings"])])
     return {"checkpoint": path, "report": report, "table": table_text, "history": history}

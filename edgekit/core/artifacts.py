@@ -13,6 +13,23 @@ from edgekit.core.errors import BadInputError
 from edgekit.core.spec import ModelSpec
 
 SIDECAR_SUFFIX = ".edgekit.json"
+# An export writes into a staging folder in the output folder, marked with the exporting process's id, and moves
+# only verified files out of it. Runtimes refuse files inside one (unless they are that process).
+STAGE_PREFIX = ".edgekit-export-"
+OWNER_FILE = ".edgekit-owner-pid"
+
+
+def unverified_stage(model_path: Path) -> bool:
+    """True for a file in another process's (or a killed export's) staging folder."""
+    import os
+
+    folder = Path(model_path).parent
+    if not folder.name.startswith(STAGE_PREFIX):
+        return False
+    try:
+        return (folder / OWNER_FILE).read_text().strip() != str(os.getpid())
+    except OSError:
+        return True
 METADATA_KEY = "edgekit.spec"  # ONNX metadata_props key
 RT_INFO_PATH = ["edgekit", "spec"]  # OpenVINO rt_info path
 

@@ -45,3 +45,20 @@ def port(name: str, value: int) -> None:
 def one_of(name: str, value, allowed) -> None:
     if value not in allowed:
         raise BadInputError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def writable_file(name: str, path) -> None:
+    """An output file the command will write at the end: its folder must exist and be writable and the path
+    must not be a folder. Checked before the work, so a long run cannot end in a write error."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise BadInputError(f"{name} {target} is a folder; give a file name")
+    if not folder.is_dir():
+        raise BadInputError(f"{name} {target}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise BadInputError(f"{name} {target}: not writable")

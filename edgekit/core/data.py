@@ -116,6 +116,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise BadInputError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
+    if ndim < 1 or len(raw) < 4 + 4 * ndim:
+        raise BadInputError(f"{path} is truncated: its header lists {ndim} dimensions")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -199,13 +201,16 @@ def load_csv(csv_path: Path, path_column: str = "path", label_column: str = "lab
              group_column: str | None = None, root: Path | None = None) -> ImageTable:
     """A CSV with an image path and a label per row (and optionally a group id such as a subject)."""
     root = root or csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        for column in (path_column, label_column, group_column):
-            if column and column not in columns:
-                raise BadInputError(f"{csv_path}: no column {column!r} (columns: {', '.join(columns)})")
-        rows = list(reader)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            for column in (path_column, label_column, group_column):
+                if column and column not in columns:
+                    raise BadInputError(f"{csv_path}: no column {column!r} (columns: {', '.join(columns)[:200]})")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{csv_path} is not a UTF-8 CSV file ({type(exc).__name__})") from None
     if not rows:
         raise BadInputError(f"{csv_path} has no rows")
     class_names = tuple(sorted({row[label_column] for row in rows}))
@@ -271,8 +276,11 @@ def load_images(source: str | Path, limit: int = 0, seed: int = 0, split: str = 
 
 
 def _first_column(csv_path: Path) -> str:
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        return (csv.DictReader(fh).fieldnames or ["path"])[0]
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            return (csv.DictReader(fh).fieldnames or ["path"])[0]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{csv_path} is not a UTF-8 CSV file ({type(exc).__name__})") from None
 
 
 def _video_frames(path: Path, limit: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,12 @@ class ModelSpec:
             problems.append(f"channels must be 1 or 3, got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             problems.append(f"mean/std need {self.channels} values each")
-        if any(s <= 0 for s in self.std):
-            problems.append("std values must be > 0")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std, self.scale)):
+            problems.append("mean, std and scale must be finite numbers (no NaN or infinity)")
+        elif any(s <= 0 for s in self.std) or self.scale <= 0:
+            problems.append("std values and scale must be > 0")
+        if max(self.input_size, default=0) > 8192:
+            problems.append(f"input_size {self.input_size} is larger than 8192 pixels a side")
         if len(self.labels) < 2:
             problems.append("a classifier needs at least 2 labels")
         if self.binary and len(self.labels) != 2:
