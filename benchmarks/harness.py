@@ -227,6 +227,8 @@ def _cells(row: dict) -> list[str]:
             value = f"{row['status']}: {row['reason']}"
         elif key == "status" and row.get("reference"):
             value = "ok (reference)"
+        elif key == "batch" and row.get("chunked_by"):  # not a real batch: the model takes chunked_by at a time
+            value = f"{value}={value // row['chunked_by']}x{row['chunked_by']}"
         cells.append("-" if value is None else fmt.format(value))
     return cells
 
@@ -244,6 +246,8 @@ def format_table(result: dict) -> str:
     lines.append(f"single stream, batch {cfg['batch']}: {cfg['warmup']} warm-up runs, then >= {cfg['min_runs']} runs "
                  f"and >= {cfg['min_seconds']:g} s per row; each row in its own process; "
                  f"x ref p90 = reference FP32 p90 / row p90 at the same threads")
+    if any(r.get("chunked_by") for r in result["rows"]):
+        lines.append("bs 4=4x1: the model's graph takes 1 image at a time, so a batch of 4 is 4 calls (not batched)")
     return "\n".join(lines)
 
 

@@ -102,6 +102,9 @@ def run_job(job: dict) -> dict:
     result.update(latency_stats(times, batch))
     result["peak_rss_mb"] = peak_rss_mb()
     result["describe"] = runtime.describe()
+    fixed = result["describe"].get("fixed_batch")
+    if isinstance(fixed, int) and fixed < batch:  # a graph made for batch 1: the "batch" is several calls
+        result["chunked_by"] = fixed
     result["precision"] = spec.precision
     result["torch_imported"] = "torch" in sys.modules and sys.modules["torch"] is not None
     if job.get("data") and job.get("evaluate"):

@@ -179,3 +179,13 @@ def test_bench_evaluates_on_the_models_own_test_split_and_refuses_other_data(ima
     assert proc.returncode == 1
     row = json.loads((tmp_path / "c.json").read_text())["rows"][0]
     assert row["status"] == "failed" and "is not the data this model was trained on" in row["reason"]
+
+
+def test_a_batch_on_a_batch_one_graph_is_labelled_as_chunked(exported):
+    """The exported ONNX takes one image at a time: --batch 4 runs four calls, and the table says so."""
+    out, _ = exported
+    proc = run_cli("bench", str(out / "model.onnx"), "--batch", "4", "--min-runs", "3", "--min-seconds", "0",
+                   "--warmup", "1")
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("model.onnx"))
+    assert " 4=4x1 " in row and "a batch of 4 is 4 calls" in proc.stdout
