@@ -1,19 +1,15 @@
-"""The model subcommands (train, quantize, demo, export, verify, bench): thin wrappers that build a config,
-call the library and print. The camera and meeting commands are in edgekit.app_commands."""
+"""The model subcommands (train, quantize, demo, export, verify): thin wrappers that build a config, call the
+library and print. `import`/`optimize` are in edgekit.model_commands, `bench` in edgekit.bench_commands, the
+camera and meeting commands in edgekit.app_commands."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from edgekit.group import cli
-from edgekit.core.errors import BadInputError, installed
+from edgekit.group import cli, need_torch
+from edgekit.core.errors import BadInputError
 from edgekit.core import checks, jsonio
-
-
-def _need_torch() -> None:
-    installed("torch", "train", "training and PyTorch quantization")
-    installed("torchvision", "train", "the model zoo")
 
 
 @cli.command()
@@ -55,7 +51,7 @@ def _need_torch() -> None:
 @click.option("--threads", default=0, show_default=True, help="torch threads (0 = default).")
 def train(**options) -> None:
     """Train an image classifier and report test metrics (writes model.pt, metrics.json, curves.png)."""
-    _need_torch()
+    need_torch()
     from edgekit.training.trainer import TrainConfig, train as run
 
     result = run(TrainConfig(**options))
@@ -87,7 +83,7 @@ def train(**options) -> None:
 @click.option("--json", "json_path", default=None, help="Also write the comparison as JSON.")
 def quantize(checkpoint: str, json_path: str | None, **options) -> None:
     """PyTorch post-training INT8 quantization with real calibration data; prints FP32 vs INT8."""
-    _need_torch()
+    need_torch()
     from edgekit.training.quantize import QuantizeConfig, format_comparison, quantize_checkpoint
 
     checks.writable_file("--json", json_path)
@@ -114,61 +110,13 @@ def demo(out: str, epochs: int, threads: int) -> None:
     No network and no data to find: 3,000 training and 1,000 test images ship inside edgekit. Results are
     printed as each step ends; exit 1 when an artifact missed its verification gate (the others are kept).
     """
-    _need_torch()
+    need_torch()
     from edgekit.export.verify import VerificationFailed
     from edgekit.training.demo import run_demo
 
     failed = run_demo(out=out, epochs=epochs, threads=threads, echo=click.echo)
     if failed:
         raise VerificationFailed(f"{len(failed)} artifact(s) missed their gate: {'; '.join(failed)}")
-
-
-def _floats(name: str, value: str | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise BadInputError(f"{name} takes comma-separated numbers such as 0.5,0.5,0.5; got {value!r}") from None
-
-
-@cli.command("import")
-@click.argument("source")
-@click.option("--out", default=None, help="Output folder (default: runs/import/<name>).")
-@click.option("--arch", default=None, help="Architecture of a state dict (default: the registered one it fits).")
-@click.option("--labels", default=None, help="Labels file (one per line, in output order) or 'imagenet' "
-              "(the default for 1000 outputs).")
-@click.option("--imgsz", "input_size", type=int, default=None, help="Input size (default: 224, or the ONNX graph's).")
-@click.option("--resize", type=click.Choice(["squash", "letterbox", "crop"]), default=None,
-              help="How images reach the input size (default: crop for ImageNet models, squash otherwise).")
-@click.option("--resize-to", default=0, show_default=True, help="crop: resize the shorter side to this first "
-              "(0: the weights' own, or input/0.875).")
-@click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True,
-              help="Colour order the network expects.")
-@click.option("--mean", default=None, help="Per-channel mean after scaling to [0, 1] (default: ImageNet's).")
-@click.option("--std", default=None, help="Per-channel std (default: ImageNet's).")
-@click.option("--positive", default=None, help="One-logit models: the positive label (the second in --labels).")
-@click.option("--trust-pickle", is_flag=True, help="Allow a pickled full model (unpickling runs code from the file).")
-def import_cmd(source: str, mean: str | None, std: str | None, **options) -> None:
-    """Make a model edgekit did not train into an edgekit model: attach a spec (labels, input size, colour
-    order, normalisation, resize mode). Every other command then works on the result.
-
-    \b
-    SOURCE: torchvision:mobilenet_v2          torchvision's ImageNet weights (from its cache)
-            weights.pth --arch mobilenet_v2   a torchvision state dict
-            model.onnx --labels labels.txt    an ONNX file (plain torch.onnx.export is fine)
-    """
-    from edgekit.export.importing import IMAGENET_MEAN, IMAGENET_STD, ImportConfig, import_model
-
-    cfg = ImportConfig(source=source, mean=_floats("--mean", mean) or IMAGENET_MEAN,
-                       std=_floats("--std", std) or IMAGENET_STD, **options)
-    path, spec = import_model(cfg)
-    click.echo(f"wrote {path}: {spec.arch}, {len(spec.labels)} labels, {spec.input_size[0]}x{spec.input_size[1]} "
-               f"{spec.color}, resize {spec.resize}" + (f" (shorter side {spec.resize_to})" if spec.resize_to else ""))
-    if path.suffix == ".pt":
-        click.echo(f"next: edgekit export {path} --int8 --calib PHOTOS   or   edgekit bench {path}", err=True)
-    else:
-        click.echo(f"next: edgekit bench {path}   or   edgekit run --model {path} --source 0", err=True)
 
 
 @cli.command()
@@ -221,7 +169,7 @@ def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, keep_f
     against PyTorch before it is written: the ones that pass are written, one that misses its gate is not
     (the table says why and what to try), and the exit status is then 1.
     """
-    _need_torch()
+    need_torch()
     from edgekit.export.core import ExportConfig
     from edgekit.export.core import export as run_export
 
@@ -253,33 +201,6 @@ def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, keep_f
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path())
-@click.option("--calib", required=True, help="Unlabelled calibration images: a folder (recursive), a video or a CSV.")
-@click.option("--eval", "eval_data", required=True, help="Evaluation images: labelled data (the budget is on accuracy) "
-              "or unlabelled images (the budget is on top-1 agreement with FP32).")
-@click.option("--max-drop", default=0.01, show_default=True,
-              help="Largest accepted drop, as a fraction: 0.01 = 1 pp of accuracy, or 99% agreement.")
-@click.option("--runtimes", default="onnxruntime,openvino", show_default=True, help="Runtimes to try candidates on.")
-@click.option("--out", default=None, help="Folder for the winner (default: <checkpoint folder>/optimized).")
-@click.option("--calib-size", default=300, show_default=True)
-@click.option("--images", default=0, show_default=True, help="Evaluation images (0 = all).")
-@click.option("--threads", default=2, show_default=True)
-@click.option("--runs", default=50, show_default=True, help="Timed batch-1 calls per candidate.")
-def optimize(checkpoint: str, eval_data: str, runtimes: str, **options) -> None:
-    """Try the INT8 (and FP16) candidates, print agreement / accuracy delta / p50 / size for each, and write the
-    fastest one within --max-drop. Exit 1 when none is within budget."""
-    _need_torch()
-    from edgekit.export.optimize import OptimizeConfig, format_table, optimize as run_optimize
-
-    cfg = OptimizeConfig(checkpoint=checkpoint, eval=eval_data,
-                         runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()), **options)
-    results, winner, fp32 = run_optimize(cfg, lambda line: click.echo(line, err=True))
-    click.echo(format_table(results, winner, fp32, cfg))
-    if winner is None:
-        raise click.exceptions.Exit(1)
-
-
-@cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("--reference", required=True, type=click.Path(), help="The FP32 edgekit checkpoint they came from.")
 @click.option("--data", default=None, help="Data with a test split (default: the reference's training data).")
@@ -292,7 +213,7 @@ def verify(models: tuple[str, ...], reference: str, data: str | None, images: in
 
     The reference is the checkpoint computed in float64, so each row's logit difference is that model's own
     error; PyTorch FP32 is listed too, for scale, and never fails the command."""
-    _need_torch()
+    need_torch()
     checks.writable_file("--json", json_path)
     from edgekit.export.verify import VerificationFailed, failures
     from edgekit.export.verify import verify as run_verify
@@ -310,99 +231,3 @@ def verify(models: tuple[str, ...], reference: str, data: str | None, images: in
                                         "delta_pp", "status")} for r in rows], indent=2) + "\n")
     if failures(rows):
         raise VerificationFailed("a tolerance is broken (see the status column)")
-
-
-class DefaultCommandGroup(click.Group):
-    """A group whose first argument may be a subcommand or, when it is not one, the default command's
-    arguments: `edgekit bench model.onnx` means `edgekit bench run model.onnx`."""
-
-    default_command = "run"
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
-            args = [self.default_command, *args]
-        return super().parse_args(ctx, args)
-
-
-def _int_list(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise BadInputError(f"--threads takes comma-separated integers such as 1,2; got {value!r}") from None
-
-
-@cli.group(cls=DefaultCommandGroup)
-def bench() -> None:
-    """Latency, accuracy and size of models across runtimes, precisions and thread counts.
-
-    \b
-    edgekit bench model.pt model_int8.pt export/model.onnx export/model_int8.xml --data DIR
-    edgekit bench export/model.onnx --runtimes onnxruntime,openvino --threads 1,2 --json a.json
-    edgekit bench compare a.json b.json
-    """
-
-
-@bench.command("run")
-@click.argument("models", nargs=-1, required=True, type=click.Path())
-@click.option("--runtimes", default="", help="Comma-separated: pytorch, onnxruntime, openvino, or 'all' "
-              "(every runtime that can open each model). Default: the natural one per file (.pt, .onnx, .xml).")
-@click.option("--threads", default="2", show_default=True, help="Intra-op threads, the same for every runtime; "
-              "a comma-separated list runs each.")
-@click.option("--batch", default=1, show_default=True, help="Batch size (1 = single stream, the camera case).")
-@click.option("--data", default=None, help="Test data for accuracy, delta vs FP32 and top-1 agreement: an image "
-              "data set (its test split) or an .npz with preprocessed inputs 'x' and labels 'y'.")
-@click.option("--images", default=0, show_default=True, help="Test images for accuracy (0 = all).")
-@click.option("--warmup", default=10, show_default=True, help="Untimed runs before timing.")
-@click.option("--min-runs", default=100, show_default=True, help="Timed runs per row, at least ...")
-@click.option("--min-seconds", default=3.0, show_default=True, help="... and at least this long.")
-@click.option("--timeout", default=900.0, show_default=True, help="Seconds before a row is marked failed.")
-@click.option("--device", default="CPU", show_default=True, help="OpenVINO device.")
-@click.option("--hint", "performance_hint", type=click.Choice(["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"]),
-              default="LATENCY", show_default=True, help="OpenVINO performance hint.")
-@click.option("--ov-precision", "inference_precision", type=click.Choice(["f32", "bf16", "f16"]), default="f32",
-              show_default=True, help="OpenVINO inference precision for float parts (f32 keeps FP32 rows FP32).")
-@click.option("--providers", default="CPUExecutionProvider", show_default=True,
-              help="onnxruntime execution providers, comma-separated, in priority order.")
-@click.option("--graph-opt", "graph_optimization", type=click.Choice(["disable", "basic", "extended", "all"]),
-              default="all", show_default=True, help="onnxruntime graph optimisation level.")
-@click.option("--json", "json_path", default=None, help="Write rows + environment as JSON (for `bench compare`).")
-@click.option("--csv", "csv_path", default=None, help="Write rows as CSV.")
-@click.option("--markdown", "markdown_path", default=None, help="Write the table as Markdown.")
-@click.option("--plot", "plot_path", default=None, help="Write a PNG: p90 latency vs accuracy, marker ~ size.")
-def bench_run(models: tuple[str, ...], runtimes: str, threads: str, json_path, csv_path, markdown_path, plot_path,
-              device, performance_hint, inference_precision, providers, graph_optimization, **options) -> None:
-    """Benchmark MODELS (.pt checkpoints, .onnx, OpenVINO .xml); exit 1 when a row fails."""
-    from edgekit.benchmarks import harness
-
-    for name, path in (("--json", json_path), ("--csv", csv_path), ("--markdown", markdown_path), ("--plot", plot_path)):
-        checks.writable_file(name, path)
-    cfg = harness.BenchConfig(
-        models=models, runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()), threads=_int_list(threads),
-        options={"device": device, "performance_hint": performance_hint, "inference_precision": inference_precision,
-                 "providers": tuple(p.strip() for p in providers.split(",") if p.strip()),
-                 "graph_optimization": graph_optimization}, **options)
-
-    def progress(i: int, n: int, row: dict) -> None:
-        what = f"p90 {row['p90_ms']:.2f} ms" if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
-        click.echo(f"[{i}/{n}] {row['name']} {row['runtime']} threads={row['threads']}: {what}", err=True)
-
-    result = harness.bench(cfg, progress)
-    click.echo(harness.format_table(result))
-    for path, write in ((json_path, harness.write_json), (csv_path, harness.write_csv), (plot_path, harness.plot),
-                        (markdown_path, lambda r, p: p.write_text(harness.format_markdown(r)))):
-        if path:
-            write(result, Path(path))
-            click.echo(f"wrote {path}", err=True)
-    if any(r["status"] == "failed" for r in result["rows"]):
-        raise click.exceptions.Exit(1)
-
-
-@bench.command("compare")
-@click.argument("a", type=click.Path())
-@click.argument("b", type=click.Path())
-def bench_compare(a: str, b: str) -> None:
-    """Two `bench --json` results side by side (two machines, or two runs): p50/p90 and B/A ratios."""
-    from edgekit.benchmarks import harness
-
-    table, _ = harness.compare(harness.load_result(a), harness.load_result(b), (a, b))
-    click.echo(table)

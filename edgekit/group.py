@@ -10,7 +10,7 @@ import sys
 import click
 
 from edgekit import __version__
-from edgekit.core.errors import EdgekitError
+from edgekit.core.errors import EdgekitError, installed
 
 log = logging.getLogger("edgekit")
 
@@ -71,3 +71,8 @@ def ctrl_c_interrupts() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def need_torch() -> None:
+    installed("torch", "train", "training and PyTorch quantization")
+    installed("torchvision", "train", "the model zoo")
