@@ -134,8 +134,8 @@ def demo(out: str, epochs: int, threads: int) -> None:
 @click.option("--onnx-int8", type=click.Choice(["nncf", "ort"]), default="nncf", show_default=True,
               help="ONNX INT8 via NNCF (MinMax ranges + bias correction; measured closer to FP32 on a real ImageNet "
                    "network) or onnxruntime's quantize_static (--calib-method, --activation-type, --reduce-range).")
-@click.option("--onnx-bias-correction", type=click.Choice(["full", "fast"]), default="fast", show_default=True,
-              help="NNCF on ONNX: bias correction mode.")
+@click.option("--onnx-bias-correction", type=click.Choice(["full", "fast"]), default="full", show_default=True,
+              help="NNCF on ONNX: full (robust on the demo model) or fast bias correction (see README).")
 @click.option("--keep-float", default="", help="Layers kept in float on every INT8 route, comma-separated: first "
               "(the stem convolution), last (the classifier) and/or node names.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",

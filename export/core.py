@@ -39,7 +39,7 @@ class ExportConfig:
     exclude: tuple[str, ...] = ()
     keep_float: tuple[str, ...] = ()  # layers kept in float on every INT8 route: first, last, node names
     onnx_int8: str = "nncf"  # "nncf" (NNCF PTQ of the ONNX graph) or "ort" (onnxruntime quantize_static)
-    onnx_bias_correction: str = "fast"  # NNCF on ONNX: see onnx_format.nncf_qdq
+    onnx_bias_correction: str = "full"  # NNCF on ONNX: see onnx_format.nncf_qdq
     ov_int8: str = "nncf"  # "nncf" (NNCF PTQ on the IR) or "qdq" (from the QDQ ONNX); see openvino_format
     ov_bias_correction: str = "full"  # NNCF: "full" BiasCorrection or "fast" (NNCF's default); see nncf_int8
     bake_preprocess: bool = False

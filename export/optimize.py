@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 # (name, runtime, ExportConfig changes). Cheap first; each is one export.
 CANDIDATES = (
-    ("onnx int8 nncf fast", "onnxruntime", {"formats": ("onnx",), "int8": True}),
-    ("onnx int8 nncf full", "onnxruntime", {"formats": ("onnx",), "int8": True, "onnx_bias_correction": "full"}),
+    ("onnx int8 nncf full", "onnxruntime", {"formats": ("onnx",), "int8": True}),
+    ("onnx int8 nncf fast", "onnxruntime", {"formats": ("onnx",), "int8": True, "onnx_bias_correction": "fast"}),
     ("onnx int8 nncf keep first,last", "onnxruntime", {"formats": ("onnx",), "int8": True,
                                                        "keep_float": ("first", "last")}),
     ("onnx int8 ort minmax", "onnxruntime", {"formats": ("onnx",), "int8": True, "onnx_int8": "ort"}),
