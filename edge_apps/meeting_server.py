@@ -132,10 +132,11 @@ class MeetingServer:
         participant = None
         sender = None
         try:
-            delay = self._backoff(peer[0] if peer else "?")
+            host = peer[0] if peer else "?"
+            delay = self._backoff(host)
             if delay:
                 await asyncio.sleep(delay)  # wrong tokens from this address before: each try waits longer
-            participant = await asyncio.wait_for(self._handshake(reader, writer, address), timeout=5.0)
+            participant = await asyncio.wait_for(self._handshake(reader, writer, address, host), timeout=5.0)
             sender = asyncio.create_task(self._sender(participant))
             while True:  # no read timeout here: the composer judges silence (see _watch_silence)
                 kind, payload = await p.read_message(reader, self.cfg.max_message)
@@ -182,7 +183,7 @@ class MeetingServer:
                 log.info("%s left (%d in the meeting)", participant.name, len(self.participants))
             writer.close()
 
-    async def _handshake(self, reader, writer, address: str) -> Participant:
+    async def _handshake(self, reader, writer, address: str, host: str) -> Participant:
         kind, payload = await p.read_message(reader, p.MAX_JSON)
         if kind != p.HELLO:
             raise p.ProtocolError(f"expected HELLO, got {p.NAMES[kind]}")
@@ -190,7 +191,6 @@ class MeetingServer:
         token = p.field(hello, "token", str, "")
         name = p.field(hello, "name", str, "")
         privacy = p.field(hello, "privacy", bool, False)
-        host = address.rsplit(":", 1)[0]
         if not hmac.compare_digest(token.encode(), self.token.encode()):
             count = self._failed(host)
             self.logs.warning("wrong join token from %s (%d failures; next try waits %.1f s)", host, count,

@@ -148,8 +148,7 @@ def load_runtime(path: str | Path, runtime: str | None = None, options: RuntimeO
 # The spec fields that decide how inputs are prepared and outputs read: a sidecar and the copy inside the
 # file must agree on them (the quantization notes may differ: a sidecar records more of the recipe).
 DECISIVE_FIELDS = ("labels", "input_size", "channels", "color", "layout", "dtype", "scale", "mean", "std", "binary",
-                   "resize", "resize_to",
-                   "task")
+                   "resize", "resize_to", "task")
 
 
 def artifact_spec(path: Path, embedded=None) -> ModelSpec:

@@ -59,6 +59,15 @@ def status(http: int, cafile: str | None = None) -> dict:
     return json.loads(get(f"{scheme}://127.0.0.1:{http}/status.json", cafile=cafile).read())
 
 
+def self_signed(folder) -> tuple:
+    """(certificate, key) PEM files of a one-day self-signed certificate for 127.0.0.1, made by openssl."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 def wait_until(predicate, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -313,10 +322,7 @@ def test_tls_meeting_and_a_plain_client_is_refused(tmp_path):
     """--tls-cert/--tls-key on the server, --tls --tls-ca on the client (a self-signed certificate)."""
     from edgekit.edge_apps.meeting_client import MeetingClient
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     with meeting("--tls-cert", str(cert), "--tls-key", str(key)) as (port, http, server):
         client = MeetingClient(f"127.0.0.1:{port}", "secure", TOKEN, tls=True, tls_ca=str(cert))
         client.connect()

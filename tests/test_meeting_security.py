@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 
@@ -14,7 +13,8 @@ import pytest
 
 from conftest import run_cli
 from edgekit.edge_apps import protocol as p
-from test_meeting import TOKEN, VIEWER, SimClient, get, kinds_of, meeting, participants, refused, wait_until
+from test_meeting import (TOKEN, SimClient, get, kinds_of, meeting, participants, refused, self_signed, status,
+                          wait_until)
 
 pytestmark = pytest.mark.network
 
@@ -134,10 +134,7 @@ def test_status_values_are_type_checked_and_labels_sanitized():
 
 
 def test_join_fails_fast_on_an_untrusted_certificate_and_gives_up_when_full(tmp_path, binary_models):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     common = ["--token", TOKEN, "--model", str(binary_models["onnxruntime"]), "--source", "/dev/video99",
               "--duration", "30", "--out", str(tmp_path / "out")]
     with meeting("--tls-cert", str(cert), "--tls-key", str(key)) as (port, http, server):
@@ -155,18 +152,9 @@ def test_join_fails_fast_on_an_untrusted_certificate_and_gives_up_when_full(tmp_
 
 
 def test_the_dashboard_is_https_when_the_meeting_uses_tls(tmp_path):
-    import ssl
-    import urllib.request
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     with meeting("--tls-cert", str(cert), "--tls-key", str(key)) as (port, http, server):
-        context = ssl.create_default_context(cafile=str(cert))
-        request = urllib.request.Request(f"https://127.0.0.1:{http}/status.json",
-                                         headers={"Authorization": f"Bearer {VIEWER}"})
-        assert json.loads(urllib.request.urlopen(request, context=context, timeout=10).read())["count"] == 0
+        assert status(http, cafile=str(cert))["count"] == 0
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP is not spoken there
             get(f"http://127.0.0.1:{http}/status.json")
         silent = socket.create_connection(("127.0.0.1", http), timeout=30)  # never starts the handshake
