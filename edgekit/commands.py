@@ -74,7 +74,7 @@ def train(**options) -> None:
               help="7-bit activations: avoids int16 saturation on x86 CPUs without VNNI, usually costs accuracy.")
 @click.option("--calib-batches", default=32, show_default=True, help="Calibration batches from the train split.")
 @click.option("--keep-float", default="", help="Modules kept in float, comma-separated: first (the stem "
-              "convolution), last (the classifier) and/or module names.")
+              "convolution), last (the classifier), depthwise (every grouped convolution) and/or module names.")
 @click.option("--batch", "batch_size", default=32, show_default=True)
 @click.option("--out", default=None, help="Output checkpoint (default: <checkpoint>_int8.pt).")
 @click.option("--limit-test", default=0, show_default=True, help="Compare on at most N test images (0 = all).")
@@ -124,7 +124,7 @@ def demo(out: str, epochs: int, threads: int) -> None:
 @click.option("--format", "formats", multiple=True, default=("onnx",), show_default=True,
               help="onnx or openvino; repeat for several.")
 @click.option("--out", default=None, help="Output folder (default: the checkpoint's folder).")
-@click.option("--int8", is_flag=True, help="Also write INT8: ONNX QDQ (onnxruntime static quantization) / OpenVINO INT8.")
+@click.option("--int8", is_flag=True, help="Also write INT8: ONNX QDQ / OpenVINO INT8 (see --onnx-int8, --ov-int8).")
 @click.option("--fp16", is_flag=True, help="OpenVINO: also write an FP16 IR.")
 @click.option("--data", default=None, help="Calibration and verification data (default: the checkpoint's training data).")
 @click.option("--calib", default=None, help="Calibrate on these unlabelled images instead of --data's train split: a "
@@ -137,7 +137,11 @@ def demo(out: str, epochs: int, threads: int) -> None:
 @click.option("--onnx-bias-correction", type=click.Choice(["full", "fast"]), default="full", show_default=True,
               help="NNCF on ONNX: full (robust on the demo model) or fast bias correction (see README).")
 @click.option("--keep-float", default="", help="Layers kept in float on every INT8 route, comma-separated: first "
-              "(the stem convolution), last (the classifier) and/or node names.")
+              "(the stem convolution), last (the classifier), depthwise (every grouped convolution) and/or node "
+              "names (see --debug-layers for the sensitive ones).")
+@click.option("--debug-layers", default=None, metavar="FILE",
+              help="With --int8 --format onnx: write a CSV with one row per quantized tensor (its own quantization "
+                   "error and the error accumulated up to it, SQNR in dB against FP32).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="--onnx-int8 ort: onnxruntime's calibration method.")
 @click.option("--activation-type", type=click.Choice(["auto", "u8", "s8"]), default="auto", show_default=True,

@@ -48,6 +48,7 @@ class ExportConfig:
     verify: bool = True
     verify_images: int = 1000
     seed: int = 0
+    debug_layers: str | None = None  # CSV: per-layer error of the ONNX INT8 model (export/int8_debug.py)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("ov_int8", self.ov_int8, ("nncf", "qdq")), ("onnx_int8", self.onnx_int8, ("nncf", "ort")),
@@ -61,6 +62,8 @@ class ExportConfig:
         checks.within("--calib-size", self.calib_size, 1, 1_000_000)
         checks.within("--calib-batch", self.calib_batch, 1, 4096)
         checks.at_least("--verify-images", self.verify_images, 0)
+        if self.debug_layers and not (self.int8 and "onnx" in self.formats):
+            raise BadInputError("--debug-layers describes the ONNX INT8 model: add --int8 and --format onnx")
 
 
 class ExportJob:
@@ -254,9 +257,10 @@ class ExportResult:
 
 # What to try when an artifact misses its gate, by precision (shown with the failure).
 NEXT_STEPS = {
-    "int8": "more or more varied calibration images (--calib DIR, --calib-size), --keep-float first,last "
-            "(or the most sensitive nodes), the other route (--onnx-int8 ort|nncf, --ov-int8 qdq|nncf), or "
-            "the other bias correction (--onnx-bias-correction / --ov-bias-correction)",
+    "int8": "--keep-float depthwise (or first,last, or the nodes --debug-layers FILE shows losing most), "
+            "`edgekit optimize` (tries the candidates against an accuracy budget), more or more varied "
+            "calibration images (--calib DIR, --calib-size), or the other route (--onnx-int8 ort|nncf, "
+            "--ov-int8 qdq|nncf)",
     "fp16": "keep the FP32 artifact (FP16 changes decisions on this model)",
     "fp32": "report it: an FP32 export should match PyTorch",
 }
@@ -311,6 +315,8 @@ def export(cfg: ExportConfig) -> ExportResult:
     if not Path(cfg.checkpoint).is_file():
         raise BadInputError(f"checkpoint not found: {cfg.checkpoint}")
     out = _writable_dir(Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent)
+    if cfg.debug_layers:
+        checks.writable_file("--debug-layers", cfg.debug_layers)
     remove_stale_stages(out)
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out))
     (stage / OWNER_FILE).write_text(str(os.getpid()))
@@ -322,6 +328,8 @@ def export(cfg: ExportConfig) -> ExportResult:
         for name in cfg.formats:
             job.clock = time.perf_counter()
             result.artifacts += EXPORTERS[name](job)
+        if cfg.debug_layers:
+            result.lines.append(_debug_layers(job, Path(cfg.debug_layers)))
         if cfg.verify:
             _verify_staged(cfg, job, result)
         for artifact in result.artifacts:  # the verified ones: move into place
@@ -336,6 +344,24 @@ def export(cfg: ExportConfig) -> ExportResult:
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+DEBUG_IMAGES = 64  # calibration images run through both models for --debug-layers
+
+
+def _debug_layers(job: ExportJob, path: Path) -> str:
+    from edgekit.export.int8_debug import layer_errors, write_rows
+    from edgekit.export.onnx_format import INPUT_NAME
+
+    int8_path, _ = job.int8_onnx()
+    batches, _ = job.calibration(DEBUG_IMAGES)
+    images = [image[None] for batch in batches for image in batch][:DEBUG_IMAGES]
+    rows = layer_errors(job.fp32_onnx(), int8_path, images, INPUT_NAME)
+    write_rows(rows, path)
+    measured = [r for r in rows if r["accumulated_sqnr_db"] is not None]
+    worst = min(measured, key=lambda r: r["accumulated_sqnr_db"], default=None)
+    where = f"; lowest accumulated SQNR {worst['accumulated_sqnr_db']:.1f} dB at {worst['tensor']}" if worst else ""
+    return f"per-layer INT8 error ({len(rows)} quantized tensors, {len(images)} calibration images) -> {path}{where}"
 
 
 def _verify_staged(cfg: ExportConfig, job: ExportJob, result: ExportResult) -> None:

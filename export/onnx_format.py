@@ -202,9 +202,9 @@ def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Itera
     unknown = [n for n in exclude if n not in known]
     if unknown:
         raise BadInputError(f"--exclude: no node named {unknown[0]!r} in the graph (e.g. {sorted(known)[:3]})")
-    exclude = tuple(dict.fromkeys([*exclude, *keep_float_nodes([n.name for n in graph.node],
-                                                                [n.op_type for n in graph.node], keep_float,
-                                                                "ONNX graph")]))
+    kept = keep_float_nodes([n.name for n in graph.node], [n.op_type for n in graph.node], keep_float, "ONNX graph",
+                            grouped_convolutions(graph))
+    exclude = tuple(dict.fromkeys([*exclude, *kept]))
     session = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"])
     dim0 = session.get_inputs()[0].shape[0]
     del session
@@ -228,22 +228,34 @@ def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Itera
     return recipe
 
 
-def keep_float_nodes(names: list[str], ops: list[str], keep: tuple[str, ...], what: str) -> list[str]:
+def keep_float_nodes(names: list[str], ops: list[str], keep: tuple[str, ...], what: str,
+                     depthwise: list[str] = ()) -> list[str]:
     """Resolve ``--keep-float`` for one graph: ``first`` (the first node of an ``ops`` type, the stem
-    convolution), ``last`` (the last one, the classifier), or node names that must exist in ``names``."""
-    typed = [n for n, op in zip(names, ops) if op in ("Conv", "Convolution", "Gemm", "MatMul")]
+    convolution), ``last`` (the last one, the classifier), ``depthwise`` (every grouped convolution, named in
+    ``depthwise`` by the caller), or node names that must exist in ``names``."""
+    typed = [n for n, op in zip(names, ops) if op in ("Conv", "Convolution", "GroupConvolution", "Gemm", "MatMul")]
     chosen = []
     for item in keep:
-        if item in ("first", "last"):
+        if item == "depthwise":
+            if not depthwise:
+                raise BadInputError(f"--keep-float depthwise: no grouped (depthwise) convolution in the {what}")
+            chosen.extend(depthwise)
+        elif item in ("first", "last"):
             if not typed:
                 raise BadInputError(f"--keep-float {item}: no convolution or matrix multiply in the {what}")
             chosen.append(typed[0] if item == "first" else typed[-1])
         elif item in names:
             chosen.append(item)
         else:
-            raise BadInputError(f"--keep-float: no node named {item!r} in the {what} (use first, last, or one of "
+            raise BadInputError(f"--keep-float: no node named {item!r} in the {what} (use first, last, depthwise, or "
                                 f"e.g. {', '.join(typed[:3])})")
     return list(dict.fromkeys(chosen))
+
+
+def grouped_convolutions(graph) -> list[str]:
+    """Names of the ONNX Conv nodes with group > 1 (depthwise convolutions)."""
+    return [n.name for n in graph.node if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
 
 def nncf_qdq(fp32_path: Path, out_path: Path, batches: Iterable[np.ndarray], audit, *, num_samples: int,
@@ -260,12 +272,20 @@ def nncf_qdq(fp32_path: Path, out_path: Path, batches: Iterable[np.ndarray], aud
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # see openvino_format.nncf_int8
     model = onnx.load(str(fp32_path))
     keep = keep_float_nodes([n.name for n in model.graph.node], [n.op_type for n in model.graph.node], keep_float,
-                            "ONNX graph")
+                            "ONNX graph", grouped_convolutions(model.graph))
     single = [{INPUT_NAME: image[None]} for batch in batches for image in batch]
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    # Per-tensor activations: NNCF's CPU default quantizes a depthwise convolution's input per channel, which
+    # OpenVINO executes in INT8 but onnxruntime cannot (no integer kernel takes a per-channel input scale):
+    # the graph then runs in float between Q/DQ pairs, 2.8x slower than FP32 on the ImageNet MobileNetV2
+    # (benchmarks/results/imagenet_int8.txt).
+    per_tensor = AdvancedQuantizationParameters(activations_quantization_params=QuantizationParameters(per_channel=False))
     quantized = nncf.quantize(model, nncf.Dataset(single), subset_size=min(num_samples, len(single)),
                               preset=nncf.QuantizationPreset.PERFORMANCE,
                               fast_bias_correction=bias_correction == "fast",
-                              ignored_scope=nncf.IgnoredScope(names=keep) if keep else None)
+                              ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
+                              advanced_parameters=per_tensor)
     quantized.ir_version = IR_VERSION
     drop_unused_opsets(quantized)
     recipe = {"scheme": "nncf-qdq", "bias_correction": bias_correction, "keep_float": keep,

@@ -94,7 +94,8 @@ def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterabl
     model = ov.convert_model(str(fp32_onnx))
     ops = model.get_ordered_ops()
     keep = keep_float_nodes([op.get_friendly_name() for op in ops], [op.get_type_name() for op in ops], keep_float,
-                            "OpenVINO model")
+                            "OpenVINO model",
+                            [op.get_friendly_name() for op in ops if op.get_type_name() == "GroupConvolution"])
     single = [image[None] for batch in batches for image in batch]  # the IR has a fixed batch of one
     quantized = nncf.quantize(model, nncf.Dataset(single), subset_size=min(num_samples, len(single)),
                               preset=nncf.QuantizationPreset.PERFORMANCE,

@@ -24,16 +24,26 @@ from edgekit.core.errors import BadInputError, EdgekitError
 log = logging.getLogger(__name__)
 
 # (name, runtime, ExportConfig changes). Cheap first; each is one export.
+# "keep sensitive" keeps in float the consumers of the SENSITIVE_LAYERS activations whose quantization costs
+# the model's output most (export/int8_debug.bypass_sensitivity on the first candidate).
+SENSITIVE = "keep sensitive"
+SENSITIVE_LAYERS = 4
+SENSITIVITY_IMAGES = 32
 CANDIDATES = (
     ("onnx int8 nncf full", "onnxruntime", {"formats": ("onnx",), "int8": True}),
     ("onnx int8 nncf fast", "onnxruntime", {"formats": ("onnx",), "int8": True, "onnx_bias_correction": "fast"}),
     ("onnx int8 nncf keep first,last", "onnxruntime", {"formats": ("onnx",), "int8": True,
                                                        "keep_float": ("first", "last")}),
+    (f"onnx int8 nncf {SENSITIVE}", "onnxruntime", {"formats": ("onnx",), "int8": True}),
+    ("onnx int8 nncf keep depthwise", "onnxruntime", {"formats": ("onnx",), "int8": True,
+                                                      "keep_float": ("depthwise",)}),
     ("onnx int8 ort minmax", "onnxruntime", {"formats": ("onnx",), "int8": True, "onnx_int8": "ort"}),
     ("onnx int8 ort percentile", "onnxruntime", {"formats": ("onnx",), "int8": True, "onnx_int8": "ort",
                                                  "calib_method": "percentile"}),
     ("openvino int8 nncf full", "openvino", {"formats": ("openvino",), "int8": True}),
     ("openvino int8 nncf fast", "openvino", {"formats": ("openvino",), "int8": True, "ov_bias_correction": "fast"}),
+    ("openvino int8 nncf keep depthwise", "openvino", {"formats": ("openvino",), "int8": True,
+                                                       "keep_float": ("depthwise",)}),
     ("openvino fp16", "openvino", {"formats": ("openvino",), "fp16": True}),
 )
 
@@ -73,6 +83,7 @@ class Candidate:
     delta_pp: float | None = None
     p50_ms: float | None = None
     size_mb: float | None = None
+    speedup: float | None = None  # FP32 p50 on the same runtime / this p50
     within: bool = False
     error: str = ""
     files: list[Path] = field(default_factory=list)
@@ -120,12 +131,16 @@ def optimize(cfg: OptimizeConfig, progress=lambda line: None) -> tuple[list[Cand
     try:
         base = ExportConfig(checkpoint=cfg.checkpoint, calib=cfg.calib, calib_size=cfg.calib_size, verify=False,
                             out=str(work / "fp32"), formats=("onnx",))
-        export(base)
+        export(replace(base, formats=("onnx", "openvino") if "openvino" in cfg.runtimes else ("onnx",)))
         ref_logits, ref_ms = _evaluate(work / "fp32" / "model.onnx", "onnxruntime", table, indices, cfg.threads, cfg.runs)
         ref = predictions(ref_logits, ckpt.spec.binary)
         labels = table.labels[indices] if table.labelled else None
         fp32 = {"p50_ms": ref_ms, "size_mb": (work / "fp32" / "model.onnx").stat().st_size / 1e6,
-                "accuracy": float((ref == labels).mean()) if labels is not None else None}
+                "accuracy": float((ref == labels).mean()) if labels is not None else None,
+                "runtimes": {"onnxruntime": ref_ms}}
+        if "openvino" in cfg.runtimes:
+            fp32["runtimes"]["openvino"] = _evaluate(work / "fp32" / "model.xml", "openvino", table, indices[:1],
+                                                     cfg.threads, cfg.runs)[1]
         results = []
         for name, runtime, changes in CANDIDATES:
             if runtime not in cfg.runtimes:
@@ -133,11 +148,19 @@ def optimize(cfg: OptimizeConfig, progress=lambda line: None) -> tuple[list[Cand
             candidate = Candidate(name, runtime)
             folder = work / name.replace(" ", "_").replace(",", "_")
             try:
+                if name.endswith(SENSITIVE):
+                    first = next((c for c in results if c.runtime == "onnxruntime" and c.path), None)
+                    if first is None:
+                        raise EdgekitError("needs the first ONNX INT8 candidate, which did not build")
+                    changes = {**changes, "keep_float": _sensitive_nodes(work / "fp32" / "model.onnx", first.path,
+                                                                         cfg, ckpt.spec)}
+                    candidate.name = f"onnx int8 nncf keep {len(changes['keep_float'])} most sensitive"
                 result = export(replace(base, out=str(folder), **changes))
                 artifact = next(a for a in result.artifacts if a.precision != "fp32")
                 candidate.path, candidate.files = artifact.path, artifact.files
                 candidate.size_mb = artifact.size_bytes / 1e6
                 logits, candidate.p50_ms = _evaluate(artifact.path, runtime, table, indices, cfg.threads, cfg.runs)
+                candidate.speedup = fp32["runtimes"][runtime] / candidate.p50_ms
                 pred = predictions(logits, ckpt.spec.binary)
                 candidate.agreement = float((pred == ref).mean())
                 if labels is not None:
@@ -161,22 +184,37 @@ def optimize(cfg: OptimizeConfig, progress=lambda line: None) -> tuple[list[Cand
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _sensitive_nodes(fp32_path: Path, int8_path: Path, cfg: OptimizeConfig, spec) -> tuple[str, ...]:
+    """Consumers of the SENSITIVE_LAYERS activations whose bypass raises the output SQNR most."""
+    from edgekit.core.calibration import calibration_table
+    from edgekit.export.int8_debug import bypass_sensitivity
+    from edgekit.export.onnx_format import INPUT_NAME
+
+    table, _ = calibration_table(cfg.calib, None, SENSITIVITY_IMAGES)
+    indices = np.arange(min(SENSITIVITY_IMAGES, len(table)))
+    images = [table.inputs(indices[i:i + 1], spec) for i in range(len(indices))]
+    rows = bypass_sensitivity(fp32_path, int8_path, images, INPUT_NAME)
+    return tuple(dict.fromkeys(r["consumer"] for r in rows[:SENSITIVE_LAYERS] if r["consumer"]))
+
+
 def format_row(c: Candidate) -> str:
     if c.error:
-        return f"{c.name:<34}{'':>8}{'':>10}{'':>10}{'':>9}  error: {c.error}"
+        return f"{c.name:<40}{'':>8}{'':>10}{'':>10}{'':>8}{'':>9}  error: {c.error}"
     delta = "-" if c.delta_pp is None else f"{c.delta_pp:+.2f}"
-    return (f"{c.name:<34}{c.agreement:>8.4f}{delta:>10}{c.p50_ms:>10.2f}{c.size_mb:>9.2f}  "
+    return (f"{c.name:<40}{c.agreement:>8.4f}{delta:>10}{c.p50_ms:>10.2f}{c.speedup:>7.2f}x{c.size_mb:>9.2f}  "
             + ("within budget" if c.within else "over budget"))
 
 
 def format_table(results: list[Candidate], winner: Candidate | None, fp32: dict, cfg: OptimizeConfig) -> str:
-    lines = [f"{'candidate':<34}{'agree':>8}{'delta pp':>10}{'p50 ms':>10}{'MB':>9}",
-             f"{'onnx fp32 (reference)':<34}{1:>8.4f}{'-':>10}{fp32['p50_ms']:>10.2f}{fp32['size_mb']:>9.2f}"]
+    lines = [f"{'candidate':<40}{'agree':>8}{'delta pp':>10}{'p50 ms':>10}{'x fp32':>8}{'MB':>9}"]
+    for runtime, ms in fp32["runtimes"].items():
+        lines.append(f"{'fp32 on ' + runtime + ' (reference)':<40}{1:>8.4f}{'-':>10}{ms:>10.2f}{1:>7.2f}x"
+                     f"{fp32['size_mb']:>9.2f}")
     lines += [format_row(c) for c in results]
     budget = "accuracy drop" if fp32["accuracy"] is not None else "1 - agreement"
     if winner is None:
         lines.append(f"no candidate within --max-drop {cfg.max_drop} ({budget}); nothing written")
     else:
         lines.append(f"fastest within --max-drop {cfg.max_drop} ({budget}): {winner.name}, "
-                     f"{fp32['p50_ms'] / winner.p50_ms:.2f}x the FP32 ONNX speed -> {winner.path}")
+                     f"{winner.speedup:.2f}x the FP32 speed on {winner.runtime} -> {winner.path}")
     return "\n".join(lines)

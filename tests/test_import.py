@@ -162,6 +162,61 @@ def test_keep_float_leaves_the_first_and_last_layers_unquantized(trained, mini_d
         assert sidecar["spec"]["quantization"]["calibration"]["samples"] == 64
 
 
+def test_keep_float_depthwise_and_debug_layers_on_onnx_and_openvino(trained, mini_data, tmp_path):
+    """--keep-float depthwise leaves every grouped convolution unquantized on the ONNX and OpenVINO routes;
+    every remaining activation quantizer is per tensor (what onnxruntime's integer kernels take), and
+    --debug-layers writes one row per quantized tensor with finite errors for the activations."""
+    import csv
+
+    import onnx
+    import openvino as ov
+
+    out = tmp_path / "dw"
+    proc = run_cli("export", str(trained["checkpoint"]), "--format", "onnx", "--format", "openvino", "--int8",
+                   "--keep-float", "depthwise", "--data", str(mini_data), "--calib-size", "64",
+                   "--verify-images", "200", "--out", str(out), "--debug-layers", str(tmp_path / "layers.csv"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "per-layer INT8 error" in proc.stdout
+    graph = onnx.load(str(out / "model_int8.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    grouped = [n for n in graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1
+                                                                     for a in n.attribute)]
+    assert grouped and all(producers.get(n.input[i]) is None or producers[n.input[i]].op_type != "DequantizeLinear"
+                           for n in grouped for i in (0, 1))
+    assert any(producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
+               for n in graph.node if n.op_type == "Conv")  # the rest is INT8
+    rows = list(csv.DictReader(open(tmp_path / "layers.csv")))
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"activation", "weight"}, kinds
+    assert all(float(r["qdq_sqnr_db"]) > 0 for r in rows if r["kind"] == "activation"), rows[:3]
+    ops = ov.Core().read_model(str(out / "model_int8.xml")).get_ordered_ops()
+    types = [op.get_type_name() for op in ops]
+    assert "GroupConvolution" in types and "FakeQuantize" in types
+    for op in ops:
+        if op.get_type_name() == "GroupConvolution":
+            assert op.input_value(0).get_node().get_type_name() != "FakeQuantize", op.get_friendly_name()
+    refused = run_cli("export", str(trained["checkpoint"]), "--format", "openvino", "--debug-layers", "x.csv")
+    assert refused.returncode == 2 and "--debug-layers" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_onnx_int8_activations_are_per_tensor(trained, mini_data, tmp_path):
+    """NNCF's CPU default quantizes depthwise inputs per channel, which onnxruntime cannot run in INT8;
+    every activation QuantizeLinear of edgekit's ONNX INT8 has one scale."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "pt"
+    proc = run_cli("export", str(trained["checkpoint"]), "--format", "onnx", "--int8", "--data", str(mini_data),
+                   "--calib-size", "64", "--no-verify", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    graph = onnx.load(str(out / "model_int8.onnx")).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    scales = [inits.get(n.input[1], consts.get(n.input[1])) for n in graph.node
+              if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert scales and all(s is not None and s.size == 1 for s in scales), [s.shape for s in scales if s is not None]
+
+
 def test_histogram_calibration_is_capped_to_its_memory_budget(trained, mini_data, tmp_path):
     from pathlib import Path
 
@@ -199,7 +254,7 @@ def test_keep_float_on_the_pytorch_route(trained, mini_data, tmp_path):
                 if type(m).__module__.startswith("torch.ao.nn.quantized") and hasattr(m, "weight")]
 
     counts = {}
-    for name, keep in (("all", ""), ("kept", "first,last")):
+    for name, keep in (("all", ""), ("kept", "first,last"), ("depthwise", "depthwise")):
         out = tmp_path / f"{name}.pt"
         proc = run_cli("quantize", str(trained["checkpoint"]), "--data", str(mini_data), "--calib-batches", "2",
                        "--batch", "32", "--keep-float", keep, "--out", str(out), "--limit-test", "200")
@@ -208,6 +263,7 @@ def test_keep_float_on_the_pytorch_route(trained, mini_data, tmp_path):
     spec = load_checkpoint(tmp_path / "kept.pt").spec
     assert spec.quantization["keep_float"] == ["features.0.0", "classifier.1"]
     assert counts["kept"] == counts["all"] - 2 > 0
+    assert 0 < counts["depthwise"] < counts["all"]
     assert torch.backends.quantized.engine  # the reload above replayed the recorded recipe
 
 
@@ -219,7 +275,9 @@ def test_optimize_prints_every_candidate_and_writes_the_fastest_within_budget(tr
                    "--calib-size", "32", "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("onnx int8")]
-    assert len(rows) == 5 and all("budget" in row or "error" in row for row in rows), proc.stdout
+    assert len(rows) == 7 and all("budget" in row or "error" in row for row in rows), proc.stdout
+    assert "x fp32" in proc.stdout and "fp32 on onnxruntime (reference)" in proc.stdout
+    assert any("most sensitive" in row and "budget" in row for row in rows), proc.stdout
     assert "fastest within --max-drop 0.5 (accuracy drop)" in proc.stdout
     written = [p for p in out.iterdir() if p.suffix == ".onnx"]
     assert len(written) == 1 and (out / (written[0].name + ".edgekit.json")).is_file()

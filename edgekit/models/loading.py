@@ -112,19 +112,24 @@ def clamp_relu6_ranges(prepared) -> int:
 
 def keep_float_modules(model, keep: tuple[str, ...] | list[str]) -> list[str]:
     """Resolve ``--keep-float`` on a torch module: ``first`` (the first convolution), ``last`` (the last
-    convolution or linear layer, the classifier) or module names."""
+    convolution or linear layer, the classifier), ``depthwise`` (every grouped convolution) or module names."""
     import torch
 
     layers = [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     names = dict(model.named_modules())
     chosen = []
     for item in keep:
-        if item in ("first", "last"):
+        if item == "depthwise":
+            grouped = [name for name in layers if getattr(names[name], "groups", 1) > 1]
+            if not grouped:
+                raise BadInputError("--keep-float depthwise: no grouped (depthwise) convolution in the model")
+            chosen.extend(grouped)
+        elif item in ("first", "last"):
             chosen.append(layers[0] if item == "first" else layers[-1])
         elif item in names:
             chosen.append(item)
         else:
-            raise BadInputError(f"--keep-float: no module named {item!r} (use first, last, or e.g. {', '.join(layers[:3])})")
+            raise BadInputError(f"--keep-float: no module named {item!r} (use first, last, depthwise, or e.g. {', '.join(layers[:3])})")
     return list(dict.fromkeys(chosen))
 
 
