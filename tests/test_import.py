@@ -200,8 +200,9 @@ def test_keep_float_depthwise_and_debug_layers_on_onnx_and_openvino(trained, min
 
 
 def test_onnx_int8_activations_are_per_tensor(trained, mini_data, tmp_path):
-    """NNCF's CPU default quantizes depthwise inputs per channel, which onnxruntime cannot run in INT8;
-    every activation QuantizeLinear of edgekit's ONNX INT8 has one scale."""
+    """NNCF's CPU default quantizes depthwise inputs per channel and signed tensors as S8, neither of which
+    onnxruntime's x86 integer kernels take; every activation QuantizeLinear of edgekit's ONNX INT8 has one
+    scale and a UINT8 zero point."""
     import onnx
     from onnx import numpy_helper
 
@@ -212,9 +213,11 @@ def test_onnx_int8_activations_are_per_tensor(trained, mini_data, tmp_path):
     graph = onnx.load(str(out / "model_int8.onnx")).graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
-    scales = [inits.get(n.input[1], consts.get(n.input[1])) for n in graph.node
-              if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    scales = [inits.get(n.input[1], consts.get(n.input[1])) for n in quantizers]
     assert scales and all(s is not None and s.size == 1 for s in scales), [s.shape for s in scales if s is not None]
+    zeros = [inits.get(n.input[2], consts.get(n.input[2])) for n in quantizers]
+    assert all(z is not None and z.dtype == np.uint8 for z in zeros)  # U8 activations: what x86 kernels fuse
 
 
 def test_histogram_calibration_is_capped_to_its_memory_budget(trained, mini_data, tmp_path):
@@ -284,3 +287,24 @@ def test_optimize_prints_every_candidate_and_writes_the_fastest_within_budget(tr
     refused = run_cli("optimize", str(trained["checkpoint"]), "--calib", str(image_folder), "--eval", str(mini_data),
                       "--max-drop", "1.5")
     assert refused.returncode == 2 and "--max-drop must be in [0, 1]" in refused.stderr
+
+
+def test_openvino_accuracy_control_records_what_it_kept_in_float(trained, mini_data, tmp_path):
+    """--ov-max-drop runs NNCF's accuracy control with agreement on the calibration images as the metric; the
+    sidecar says so and names the layers it returned to float (a drop of 0 on agreement asks for every flip
+    to be undone, so on this model at least one layer goes back)."""
+    import openvino as ov
+
+    out = tmp_path / "ac"
+    proc = run_cli("export", str(trained["checkpoint"]), "--format", "openvino", "--int8", "--ov-max-drop", "0",
+                   "--data", str(mini_data), "--calib-size", "64", "--verify-images", "200", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    recipe = json.loads((out / "model_int8.xml.edgekit.json").read_text())["spec"]["quantization"]
+    assert recipe["scheme"] == "nncf-accuracy-control" and recipe["max_agreement_drop"] == 0
+    names = {op.get_friendly_name() for op in ov.Core().read_model(str(out / "model_int8.xml")).get_ordered_ops()}
+    assert set(recipe["keep_float"]) <= names
+    for args, fragment in ((["--ov-max-drop", "2"], "--ov-max-drop"),
+                           (["--ov-max-drop", "0.1", "--ov-int8", "qdq"], "--ov-int8 nncf")):
+        refused = run_cli("export", str(trained["checkpoint"]), "--format", "openvino", "--int8", *args,
+                          "--out", str(tmp_path / "r"))
+        assert refused.returncode == 2 and fragment in refused.stderr and "Traceback" not in refused.stderr
