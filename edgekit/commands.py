@@ -154,6 +154,9 @@ def demo(out: str, epochs: int, threads: int) -> None:
 @click.option("--ov-bias-correction", type=click.Choice(["full", "fast"]), default="full", show_default=True,
               help="NNCF bias correction: full (layer by layer after quantization; closer to FP32) or fast "
                    "(NNCF's default; quicker on large models).")
+@click.option("--ov-max-drop", type=float, default=None, metavar="X",
+              help="OpenVINO INT8 with NNCF's accuracy control: layers return to float, costliest first, until top-1 "
+                   "agreement with FP32 on the calibration images drops at most X (e.g. 0.05). Slower export.")
 @click.option("--bake-preprocess", is_flag=True,
               help="The graph takes uint8 NHWC frames and normalises inside; a device only resizes.")
 @click.option("--input-color", type=click.Choice(["BGR", "RGB", "GRAY"]), default="BGR", show_default=True,

@@ -42,6 +42,7 @@ class ExportConfig:
     onnx_bias_correction: str = "full"  # NNCF on ONNX: see onnx_format.nncf_qdq
     ov_int8: str = "nncf"  # "nncf" (NNCF PTQ on the IR) or "qdq" (from the QDQ ONNX); see openvino_format
     ov_bias_correction: str = "full"  # NNCF: "full" BiasCorrection or "fast" (NNCF's default); see nncf_int8
+    ov_max_drop: float | None = None  # NNCF accuracy control on OpenVINO INT8 (agreement drop on calib images)
     bake_preprocess: bool = False
     input_color: str = "BGR"
     dynamic_batch: bool = False
@@ -62,6 +63,10 @@ class ExportConfig:
         checks.within("--calib-size", self.calib_size, 1, 1_000_000)
         checks.within("--calib-batch", self.calib_batch, 1, 4096)
         checks.at_least("--verify-images", self.verify_images, 0)
+        if self.ov_max_drop is not None:
+            checks.within("--ov-max-drop", self.ov_max_drop, 0, 1)
+            if self.ov_int8 != "nncf":
+                raise BadInputError("--ov-max-drop needs --ov-int8 nncf (NNCF's accuracy control)")
         if self.debug_layers and not (self.int8 and "onnx" in self.formats):
             raise BadInputError("--debug-layers describes the ONNX INT8 model: add --int8 and --format onnx")
 
@@ -227,9 +232,12 @@ def export_openvino(job: ExportJob) -> list[Artifact]:
         if precision == "int8" and job.cfg.ov_int8 == "nncf":
             batches, audit = job.calibration()
             files, kept = ovf.nncf_int8(job.fp32_onnx(), spec, xml, batches, job.cfg.calib_size,
-                                        job.cfg.ov_bias_correction, job.cfg.keep_float)
-            notes = {"scheme": "nncf-ptq", "bias_correction": job.cfg.ov_bias_correction, "keep_float": kept,
+                                        job.cfg.ov_bias_correction, job.cfg.keep_float, job.cfg.ov_max_drop)
+            notes = {"scheme": "nncf-ptq" if job.cfg.ov_max_drop is None else "nncf-accuracy-control",
+                     "bias_correction": job.cfg.ov_bias_correction, "keep_float": kept,
                      "calibration": audit.to_dict()}
+            if job.cfg.ov_max_drop is not None:
+                notes["max_agreement_drop"] = job.cfg.ov_max_drop
         elif precision == "int8":
             source, recipe = job.int8_onnx()
             notes = {"scheme": "from-onnx-qdq", **recipe}

@@ -75,7 +75,7 @@ BIAS_CORRECTIONS = ("full", "fast")
 
 def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterable[np.ndarray],
               num_samples: int, bias_correction: str = "full",
-              keep_float: tuple[str, ...] = ()) -> tuple[list[Path], list[str]]:
+              keep_float: tuple[str, ...] = (), max_drop: float | None = None) -> tuple[list[Path], list[str]]:
     """NNCF post-training INT8 on the converted FP32 model, fed edgekit's calibration batches.
 
     ``bias_correction="full"`` runs NNCF's BiasCorrection (each layer's bias is corrected for the error of
@@ -97,11 +97,41 @@ def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterabl
                             "OpenVINO model",
                             [op.get_friendly_name() for op in ops if op.get_type_name() == "GroupConvolution"])
     single = [image[None] for batch in batches for image in batch]  # the IR has a fixed batch of one
-    quantized = nncf.quantize(model, nncf.Dataset(single), subset_size=min(num_samples, len(single)),
-                              preset=nncf.QuantizationPreset.PERFORMANCE,
-                              fast_bias_correction=bias_correction == "fast",
-                              ignored_scope=nncf.IgnoredScope(names=keep) if keep else None)
+    options = dict(subset_size=min(num_samples, len(single)), preset=nncf.QuantizationPreset.PERFORMANCE,
+                   fast_bias_correction=bias_correction == "fast",
+                   ignored_scope=nncf.IgnoredScope(names=keep) if keep else None)
+    if max_drop is None:
+        quantized = nncf.quantize(model, nncf.Dataset(single), **options)
+    else:
+        quantized, restored = accuracy_controlled(ov, nncf, model, single, max_drop, options)
+        keep = [*keep, *restored]
     return _save(quantized, spec, xml_path, fp16=False), keep
+
+
+def accuracy_controlled(ov, nncf, model, images: list[np.ndarray], max_drop: float, options: dict):
+    """NNCF's quantize_with_accuracy_control with top-1 agreement with FP32 as the metric: NNCF ranks the
+    quantized layers by how much each costs and returns them to float, most costly first, until agreement on
+    the validation images drops at most ``max_drop``. The validation images are the calibration images (no
+    labels needed; the evaluation images stay held out). Returns (model, names of the layers kept in float)."""
+    core = ov.Core()
+    fp32 = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    items = [(image, int(np.argmax(fp32(image)[0]))) for image in images]
+
+    def agreement(compiled, data) -> tuple[float, list[float]]:
+        hits = [float(int(np.argmax(compiled(image)[0])) == label) for image, label in data]
+        return (float(np.mean(hits)) if hits else 0.0), hits
+
+    restored_before = {op.get_friendly_name() for op in model.get_ordered_ops()}
+    quantized = nncf.quantize_with_accuracy_control(
+        model, nncf.Dataset(images), nncf.Dataset(items), agreement, max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE, **options)
+    # The layers NNCF returned to float are the Convolution/MatMul ops that no FakeQuantize feeds.
+    fed = {target.get_node().get_friendly_name() for op in quantized.get_ordered_ops()
+           if op.get_type_name() == "FakeQuantize" for target in op.output(0).get_target_inputs()}
+    layers = [op.get_friendly_name() for op in quantized.get_ordered_ops()
+              if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+              and op.get_friendly_name() in restored_before]
+    return quantized, [name for name in layers if name not in fed]
 
 
 def read_rt_info_spec(xml_path: str | Path) -> ModelSpec | None:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # "keep sensitive" keeps in float the consumers of the SENSITIVE_LAYERS activations whose quantization costs
 # the model's output most (export/int8_debug.bypass_sensitivity on the first candidate).
 SENSITIVE = "keep sensitive"
+# NNCF's accuracy control (OpenVINO): layers back to float until agreement on the calibration images drops
+# at most --max-drop; the table then measures it on the evaluation images like every other candidate.
+ACCURACY_CONTROL = "openvino int8 nncf accuracy control"
 SENSITIVE_LAYERS = 4
 SENSITIVITY_IMAGES = 32
 CANDIDATES = (
@@ -44,6 +47,7 @@ CANDIDATES = (
     ("openvino int8 nncf fast", "openvino", {"formats": ("openvino",), "int8": True, "ov_bias_correction": "fast"}),
     ("openvino int8 nncf keep depthwise", "openvino", {"formats": ("openvino",), "int8": True,
                                                        "keep_float": ("depthwise",)}),
+    (ACCURACY_CONTROL, "openvino", {"formats": ("openvino",), "int8": True}),
     ("openvino fp16", "openvino", {"formats": ("openvino",), "fp16": True}),
 )
 
@@ -155,6 +159,8 @@ def optimize(cfg: OptimizeConfig, progress=lambda line: None) -> tuple[list[Cand
                     changes = {**changes, "keep_float": _sensitive_nodes(work / "fp32" / "model.onnx", first.path,
                                                                          cfg, ckpt.spec)}
                     candidate.name = f"onnx int8 nncf keep {len(changes['keep_float'])} most sensitive"
+                if name == ACCURACY_CONTROL:
+                    changes = {**changes, "ov_max_drop": cfg.max_drop}
                 result = export(replace(base, out=str(folder), **changes))
                 artifact = next(a for a in result.artifacts if a.precision != "fp32")
                 candidate.path, candidate.files = artifact.path, artifact.files
