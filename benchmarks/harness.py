@@ -42,6 +42,8 @@ class BenchConfig:
     min_seconds: float = 3.0
     timeout: float = 900.0  # per row
     seed: int = 0
+    requests: int = 0  # > 0: also measure throughput with this many inferences in flight
+    baseline: str = "reference"  # "reference" (same threads) or "fastest" (the reference model's best row)
     options: dict = field(default_factory=dict)  # RuntimeOptions fields other than threads/batch
 
     def __post_init__(self) -> None:
@@ -54,6 +56,8 @@ class BenchConfig:
         checks.within("--warmup", self.warmup, 0, 10**6)
         checks.at_least("--images", self.images, 0)
         checks.within("--timeout", self.timeout, 0, 86_400, low_open=True)
+        checks.within("--requests", self.requests, 0, 256)
+        checks.one_of("--baseline", self.baseline, ("reference", "fastest"))
         RuntimeOptions(batch=self.batch, **self.options)  # validate the backend knobs before any row runs
 
 
@@ -134,7 +138,7 @@ def run_row(row: dict, cfg: BenchConfig, evaluate: bool) -> dict:
     options = RuntimeOptions(threads=row["threads"], batch=cfg.batch, **cfg.options).to_dict()
     job = {"model": row["model"], "runtime": row["runtime"], "options": options, "warmup": cfg.warmup,
            "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds, "data": cfg.data, "images": cfg.images,
-           "seed": cfg.seed, "evaluate": evaluate}
+           "seed": cfg.seed, "evaluate": evaluate, "requests": cfg.requests}
     env = dict(os.environ)
     # OpenMP pools (torch) size themselves from this; set it so no backend starts more threads than asked.
     env["OMP_NUM_THREADS"] = str(row["threads"])
@@ -164,8 +168,12 @@ def _pick_reference(rows: list[dict]) -> dict | None:
     return (torch_rows or ok or [None])[0]
 
 
-def finish(rows: list[dict]) -> None:
-    """Copy accuracy across thread counts, then add accuracy delta, top-1 agreement and speedup vs the reference."""
+def finish(rows: list[dict], baseline: str = "reference") -> None:
+    """Copy accuracy across thread counts, then add accuracy delta, top-1 agreement and speedup vs the reference.
+
+    ``baseline`` "reference": each row against the reference model at the row's own thread count;
+    "fastest": every row against the reference model's fastest measured row (lowest p90 over its thread
+    counts), since more threads are not always faster (PyTorch at 2 threads was slower than at 1 here)."""
     import numpy as np
 
     evaluated = {(r["model"], r["runtime"]): r for r in rows if "predictions" in r}
@@ -180,10 +188,13 @@ def finish(rows: list[dict]) -> None:
         r["reference"] = r is reference
         if r["status"] != "ok" or reference is None:
             continue
-        same_setting = [x for x in rows if x.get("precision") == "fp32" and x["runtime"] == reference["runtime"]
-                        and x["model"] == reference["model"] and x["threads"] == r["threads"] and x["status"] == "ok"]
-        if same_setting:
-            r["speedup_p90"] = same_setting[0]["p90_ms"] / r["p90_ms"]
+        candidates = [x for x in rows if x.get("precision") == "fp32" and x["runtime"] == reference["runtime"]
+                      and x["model"] == reference["model"] and x["status"] == "ok"
+                      and (baseline == "fastest" or x["threads"] == r["threads"])]
+        if candidates:
+            base = min(candidates, key=lambda x: x["p90_ms"])
+            r["speedup_p90"] = base["p90_ms"] / r["p90_ms"]
+            r["baseline_threads"] = base["threads"]
         if "accuracy" in r and "accuracy" in reference:
             r["delta_pp"] = 100 * (r["accuracy"] - reference["accuracy"])
         if "predictions" in r and "predictions" in reference and len(r["predictions"]) == len(reference["predictions"]):
@@ -204,7 +215,7 @@ def bench(cfg: BenchConfig, progress=None) -> dict:
             evaluated.add(key)
         if progress:
             progress(i, len(runnable), row)
-    finish(rows)
+    finish(rows, cfg.baseline)
     return {"environment": environment(), "config": asdict(cfg), "rows": rows}
 
 
@@ -215,13 +226,22 @@ COLUMNS = (  # (header, key, format)
     ("Δ pp", "delta_pp", "{:+.2f}"), ("agree", "agreement", "{:.4f}"), ("load s", "session_s", "{:.2f}"),
     ("1st ms", "first_ms", "{:.1f}"), ("p50 ms", "p50_ms", "{:.2f}"), ("p90 ms", "p90_ms", "{:.2f}"),
     ("p99 ms", "p99_ms", "{:.2f}"), ("FPS", "fps", "{:.0f}"), ("RSS MB", "peak_rss_mb", "{:.0f}"),
-    ("x ref p90", "speedup_p90", "{:.2f}"), ("status", "status", "{}"),
+    ("x ref p90", "speedup_p90", "{:.2f}"), ("req", "requests", "{}"), ("thru FPS", "throughput_fps", "{:.0f}"),
+    ("status", "status", "{}"),
 )
+THROUGHPUT_KEYS = ("requests", "throughput_fps")
 
 
-def _cells(row: dict) -> list[str]:
+def columns(rows: list[dict]) -> tuple:
+    """COLUMNS, without the throughput ones when no row measured throughput."""
+    if any(r.get("throughput_fps") is not None for r in rows):
+        return COLUMNS
+    return tuple(c for c in COLUMNS if c[1] not in THROUGHPUT_KEYS)
+
+
+def _cells(row: dict, cols: tuple = COLUMNS) -> list[str]:
     cells = []
-    for _, key, fmt in COLUMNS:
+    for _, key, fmt in cols:
         value = row.get(key)
         if key == "status" and row["status"] != "ok":
             value = f"{row['status']}: {row['reason']}"
@@ -233,9 +253,23 @@ def _cells(row: dict) -> list[str]:
     return cells
 
 
+def reference_line(result: dict) -> str:
+    """What "x ref p90" divides: which model, runtime and thread count."""
+    reference = next((r for r in result["rows"] if r.get("reference")), None)
+    if reference is None:
+        return "x ref p90: no FP32 reference row"
+    who = f"{reference['name']} on {reference['runtime']}"
+    if result["config"].get("baseline") == "fastest":
+        threads = {r.get("baseline_threads") for r in result["rows"] if r.get("baseline_threads")}
+        return (f"x ref p90 = p90 of the fastest {who} row ({', '.join(map(str, sorted(threads)))} thread(s)) "
+                f"/ row p90")
+    return f"x ref p90 = p90 of {who} at the row's thread count / row p90"
+
+
 def format_table(result: dict) -> str:
-    header = [h for h, _, _ in COLUMNS]
-    body = [_cells(r) for r in result["rows"]]
+    cols = columns(result["rows"])
+    header = [h for h, _, _ in cols]
+    body = [_cells(r, cols) for r in result["rows"]]
     widths = [max(len(header[i]), *(len(b[i]) for b in body)) if i < len(header) - 1 else 0
               for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
@@ -244,27 +278,33 @@ def format_table(result: dict) -> str:
     lines.insert(0, f"{env['cpu']} | {env['usable_cpus']} cpus | {' '.join(env['isa'])} | Python {env['python']}")
     cfg = result["config"]
     lines.append(f"single stream, batch {cfg['batch']}: {cfg['warmup']} warm-up runs, then >= {cfg['min_runs']} runs "
-                 f"and >= {cfg['min_seconds']:g} s per row; each row in its own process; "
-                 f"x ref p90 = reference FP32 p90 / row p90 at the same threads")
+                 f"and >= {cfg['min_seconds']:g} s per row; each row in its own process")
+    lines.append(reference_line(result))
+    if cfg.get("requests"):
+        lines.append(f"thru FPS: images/s with {cfg['requests']} inferences in flight for >= "
+                     f"{max(cfg['min_seconds'], 1):g} s (OpenVINO AsyncInferQueue; onnxruntime and PyTorch: one "
+                     f"thread per request); OpenVINO runs requests in parallel only with several streams (--hint "
+                     f"THROUGHPUT)")
     if any(r.get("chunked_by") for r in result["rows"]):
         lines.append("bs 4=4x1: the model's graph takes 1 image at a time, so a batch of 4 is 4 calls (not batched)")
     return "\n".join(lines)
 
 
 def format_markdown(result: dict) -> str:
-    header = [h for h, _, _ in COLUMNS]
+    cols = columns(result["rows"])
+    header = [h for h, _, _ in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |" for r in result["rows"]]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r, cols)) + " |" for r in result["rows"]]
     env = result["environment"]
     lines += ["", f"Machine: {env['cpu']}, {env['usable_cpus']} CPUs ({', '.join(env['isa'])}), {env['os']}.",
-              f"Command: `{env['command']}`"]
+              reference_line(result), f"Command: `{env['command']}`"]
     return "\n".join(lines) + "\n"
 
 
 def write_csv(result: dict, path: Path) -> None:
     keys = ["model", "runtime", "precision", "threads", "batch", "status", "reason", "size_mb", "accuracy",
             "delta_pp", "agreement", "import_s", "session_s", "first_ms", "runs", "p50_ms", "p90_ms", "p99_ms",
-            "mean_ms", "fps", "peak_rss_mb", "speedup_p90"]
+            "mean_ms", "fps", "peak_rss_mb", "speedup_p90", "requests", "throughput_fps"]
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, keys, extrasaction="ignore")
         writer.writeheader()

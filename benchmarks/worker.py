@@ -6,7 +6,8 @@ ending the run. The result is one JSON object on the last line of stdout.
 
 Protocol (docs/architecture.md "Measuring", MLPerf single stream): import, create the session, time the first
 inference, warm up, then time back-to-back inferences until BOTH ``min_runs`` and ``min_seconds`` are
-reached. Peak RSS is read before any data set is loaded, so it is the runtime's footprint, not the data's.
+reached. With ``requests`` > 0, a throughput phase follows (MLPerf offline-like): that many inferences
+kept in flight for ``min_seconds`` (at least 1 s), reported as images per second. Peak RSS is read before any data set is loaded, so it is the runtime's footprint, not the data's.
 """
 from __future__ import annotations
 
@@ -100,6 +101,10 @@ def run_job(job: dict) -> dict:
         runtime.infer(x)
         times.append(time.perf_counter() - t0)
     result.update(latency_stats(times, batch))
+    if job.get("requests"):  # throughput: N requests in flight (OpenVINO async queue, threads elsewhere)
+        done, elapsed = runtime.throughput(x, job["requests"], max(job["min_seconds"], 1.0))
+        result["requests"] = job["requests"]
+        result["throughput_fps"] = done * batch / elapsed
     result["peak_rss_mb"] = peak_rss_mb()
     result["describe"] = runtime.describe()
     fixed = result["describe"].get("fixed_batch")

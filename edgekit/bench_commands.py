@@ -54,6 +54,11 @@ def bench() -> None:
 @click.option("--min-runs", default=100, show_default=True, help="Timed runs per row, at least ...")
 @click.option("--min-seconds", default=3.0, show_default=True, help="... and at least this long.")
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds before a row is marked failed.")
+@click.option("--requests", default=0, show_default=True,
+              help="Also measure throughput with N inferences in flight (OpenVINO AsyncInferQueue with N requests; "
+                   "onnxruntime/PyTorch: N threads); 0 = latency only. Pair with --hint THROUGHPUT for OpenVINO.")
+@click.option("--baseline", type=click.Choice(["reference", "fastest"]), default="reference", show_default=True,
+              help="What 'x ref' divides: the reference FP32 row at the same threads, or its fastest thread count.")
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device.")
 @click.option("--hint", "performance_hint", type=click.Choice(["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"]),
               default="LATENCY", show_default=True, help="OpenVINO performance hint.")
@@ -79,6 +84,10 @@ def bench_run(models: tuple[str, ...], runtimes: str, threads: str, json_path, c
         options={"device": device, "performance_hint": performance_hint, "inference_precision": inference_precision,
                  "providers": tuple(p.strip() for p in providers.split(",") if p.strip()),
                  "graph_optimization": graph_optimization}, **options)
+
+    if cfg.options["performance_hint"] != "LATENCY" and not cfg.requests:
+        click.echo(f"note: --hint {cfg.options['performance_hint']} only pays off with several inferences in flight; "
+                   "latency rows run one at a time (add --requests N for a throughput column)", err=True)
 
     def progress(i: int, n: int, row: dict) -> None:
         what = f"p90 {row['p90_ms']:.2f} ms" if row["status"] == "ok" else f"{row['status']}: {row['reason']}"

@@ -8,6 +8,7 @@ onnxruntime backend without torch ever being imported.
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -76,6 +77,10 @@ class Runtime(Protocol):
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def throughput(self, batch: np.ndarray, requests: int, seconds: float) -> tuple[int, float]:
+        """(completed inferences, elapsed s) with ``requests`` inferences of ``batch`` in flight at once."""
+        ...
 
     def close(self) -> None: ...
 
@@ -223,3 +228,34 @@ def model_size_bytes(path: str | Path) -> int:
     if path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file():
         size += path.with_suffix(".bin").stat().st_size
     return size
+
+
+def concurrent_throughput(infer, x: np.ndarray, requests: int, seconds: float) -> tuple[int, float]:
+    """(completed calls, elapsed s) with ``requests`` Python threads calling ``infer(x)`` back to back for
+    ``seconds``: the throughput of a runtime whose inference call releases the GIL and may be called from
+    several threads at once (onnxruntime's ``InferenceSession.run``, torch modules). Each thread stops at
+    the deadline, then all are joined before the count is read."""
+    import threading
+
+    deadline = time.perf_counter() + seconds
+    counts = [0] * requests
+    errors: list[BaseException] = []
+
+    def loop(slot: int) -> None:
+        try:
+            while time.perf_counter() < deadline:
+                infer(x)
+                counts[slot] += 1
+        except BaseException as exc:  # noqa: BLE001  re-raised in the caller's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(requests)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return sum(counts), elapsed

@@ -8,7 +8,8 @@ import numpy as np
 
 from edgekit.core.errors import BadInputError, require
 from edgekit.core.artifacts import METADATA_KEY  # where export writes the spec in metadata_props
-from edgekit.runtimes.base import RuntimeOptions, artifact_spec, check_graph, check_input, run_in_chunks
+from edgekit.runtimes.base import (RuntimeOptions, artifact_spec, check_graph, check_input, concurrent_throughput,
+                                   run_in_chunks)
 from edgekit.core.spec import ModelSpec
 
 
@@ -59,6 +60,11 @@ class OnnxRuntime:
         check_input(batch, self.spec)
         run = lambda x: self.session.run(None, {self.input_name: x})[0]  # noqa: E731
         return run_in_chunks(batch, self.fixed_batch, run) if self.fixed_batch else run(batch)
+
+    def throughput(self, batch: np.ndarray, requests: int, seconds: float) -> tuple[int, float]:
+        # InferenceSession.run is thread-safe and releases the GIL: N threads = N requests in flight, each
+        # with the session's intra-op threads (so N x threads cores are asked for).
+        return concurrent_throughput(self.infer, batch, requests, seconds)
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.name, "version": self.version, "format": "onnx", "precision": self.spec.precision,

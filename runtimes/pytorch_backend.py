@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.core.errors import require
-from edgekit.runtimes.base import RuntimeOptions, check_input
+from edgekit.runtimes.base import RuntimeOptions, check_input, concurrent_throughput
 
 
 class PyTorchRuntime:
@@ -33,6 +33,10 @@ class PyTorchRuntime:
         check_input(batch, self.spec)
         with torch.inference_mode(), quiet_torch_ao():
             return self.model(torch.from_numpy(batch)).numpy()
+
+    def throughput(self, batch: np.ndarray, requests: int, seconds: float) -> tuple[int, float]:
+        # torch releases the GIL inside its operators; its intra-op pool is shared by the threads.
+        return concurrent_throughput(self.infer, batch, requests, seconds)
 
     def describe(self) -> dict[str, Any]:
         import torch

@@ -189,3 +189,41 @@ def test_a_batch_on_a_batch_one_graph_is_labelled_as_chunked(exported):
     assert proc.returncode == 0, proc.stderr
     row = next(line for line in proc.stdout.splitlines() if line.startswith("model.onnx"))
     assert " 4=4x1 " in row and "a batch of 4 is 4 calls" in proc.stdout
+
+
+def test_requests_add_a_throughput_column_for_every_runtime(exported, trained, tmp_path):
+    """--requests 2: OpenVINO through an AsyncInferQueue of 2 requests (compiled for throughput), onnxruntime
+    and PyTorch with 2 threads calling the model; every row gets images/s and the compiled streams are shown."""
+    out, _ = exported
+    proc = run_cli("bench", str(trained["checkpoint"]), str(out / "model.onnx"), str(out / "model.xml"),
+                   "--threads", "1", "--requests", "2", "--hint", "THROUGHPUT", *FAST, "--json", str(tmp_path / "t.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "thru FPS" in proc.stdout and "AsyncInferQueue" in proc.stdout
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [r["runtime"] for r in rows] == ["pytorch", "onnxruntime", "openvino"]
+    assert all(r["requests"] == 2 and r["throughput_fps"] > 0 for r in rows), rows
+    assert rows[2]["describe"]["compiled"]["PERFORMANCE_HINT"] == "THROUGHPUT"
+    assert rows[2]["describe"]["compiled"]["NUM_STREAMS"] is not None
+    latency_only = run_cli("bench", str(out / "model.xml"), "--hint", "THROUGHPUT", *FAST)
+    assert latency_only.returncode == 0 and "only pays off with several inferences" in latency_only.stderr
+    assert "thru FPS" not in latency_only.stdout
+    bad = run_cli("bench", str(out / "model.onnx"), "--requests", "-1")
+    assert bad.returncode == 2 and "--requests" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_speedup_names_its_reference_and_can_use_the_fastest_one(exported, tmp_path):
+    out, _ = exported
+    for baseline in ("reference", "fastest"):
+        proc = run_cli("bench", str(out / "model.onnx"), str(out / "model_int8.onnx"), "--threads", "1,2",
+                       "--baseline", baseline, *FAST, "--json", str(tmp_path / f"{baseline}.json"))
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads((tmp_path / f"{baseline}.json").read_text())["rows"]
+        fp32 = [r for r in rows if r["precision"] == "fp32"]
+        if baseline == "reference":
+            assert "x ref p90 = p90 of model.onnx on onnxruntime at the row's thread count" in proc.stdout
+            assert [r["baseline_threads"] for r in rows] == [r["threads"] for r in rows]
+        else:
+            fastest = min(fp32, key=lambda r: r["p90_ms"])
+            assert f"fastest model.onnx on onnxruntime row ({fastest['threads']} thread(s))" in proc.stdout
+            assert {r["baseline_threads"] for r in rows} == {fastest["threads"]}
+            assert all(abs(r["speedup_p90"] - fastest["p90_ms"] / r["p90_ms"]) < 1e-9 for r in rows)
