@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 BAD_FILES = ("missing", "empty", "random", "truncated_pt", "foreign_pt", "text", "dir", "nan_spec_pt")
 BAD_MODELS = BAD_FILES + ("text_onnx", "random_xml", "stage_onnx")
 BAD_DATA = ("missing", "empty", "random", "text", "empty_dir", "one_class", "corrupt_images", "binary_csv",
-            "csv_missing_column", "idx_truncated")
+            "csv_missing_column", "idx_truncated", "class_unreadable")
 NUMBERS = ("-1", "0", "nan", "1e12", "abc", "99999999999999999999")
 
 
@@ -156,6 +156,14 @@ def corpus(tmp_path_factory, trained, exported, mini_data, clip, binary_models):
             (folder / f"{i}.jpg").write_bytes(b"\xff\xd8 broken" if folder != one_class else
                                               cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
     files["one_class"], files["corrupt_images"] = root / "one_class", corrupt
+    half = root / "class_unreadable"  # class a decodes, every image of class b is corrupt
+    for name in ("a", "b"):
+        (half / name).mkdir(parents=True)
+        for i in range(6):
+            (half / name / f"{i}.png").write_bytes(
+                cv2.imencode(".png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))[1].tobytes()
+                if name == "a" else b"\x89PNG broken")
+    files["class_unreadable"] = half
     files["binary_csv"] = root / "binary.csv"
     files["binary_csv"].write_bytes(b"\xff\xfe\x00\x81" * 64)
     files["csv_missing_column"] = root / "columns.csv"
@@ -212,3 +220,57 @@ def test_bad_input_ends_cleanly(name, args, codes, corpus, tmp_path):
     leftovers = [p for p in listing(out) if ".edgekit-export-" in str(p) or p.name.endswith(".tmp")]
     assert not leftovers, f"{name}: left {leftovers}"
     assert listing(corpus["ro_dir"]) | listing(corpus["dir"]) == before, f"{name}: wrote into a corpus folder"
+
+
+# Interrupted runs: (name, edgekit args, signal, seconds after start). SIGINT must end with exit 130 (or 0 when
+# the command finished first), one line, nothing half-written; after SIGKILL (which no process can handle)
+# the next export into the same folder must clear what the killed one left.
+INTERRUPTS = [
+    (f"{command}-{signal_name}@{delay}", args, signal_name, delay)
+    for command, args in (
+        ("export-int8", ["export", "{ckpt}", "--format", "onnx", "--format", "openvino", "--int8", "--data", "{data}",
+                         "--calib-size", "64", "--out", "{out}"]),
+        ("train", ["train", "--data", "{data}", "--weights", "none", "--epochs", "3", "--limit", "256",
+                   "--out", "{out}"]),
+        ("quantize", ["quantize", "{ckpt}", "--data", "{data}", "--calib-batches", "4", "--out", "{out}/q.pt"]),
+    )
+    for signal_name, delay in (("SIGINT", 1.0), ("SIGINT", 4.0), ("SIGKILL", 2.0))
+]
+
+
+@pytest.mark.parametrize("name, args, signal_name, delay", INTERRUPTS, ids=[c[0] for c in INTERRUPTS])
+def test_interrupted_commands_leave_nothing_that_looks_finished(name, args, signal_name, delay, corpus, tmp_path):
+    import signal
+    import time
+
+    from conftest import default_sigint
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", *fill(tuple(args), corpus, out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=default_sigint, env={**os.environ, "EDGEKIT_OFFLINE": "1"})
+    time.sleep(delay)
+    proc.send_signal(getattr(signal, signal_name))
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{name}: still running 120 s after {signal_name}")
+    staged = [p for p in listing(out) if ".edgekit-export-" in str(p)]
+    if signal_name == "SIGKILL":
+        assert proc.returncode in (-9, 0), (name, proc.returncode, stderr[-2000:])
+        follow = subprocess.run([sys.executable, "-m", "edgekit", "export", str(corpus["ckpt"]), "--format", "onnx",
+                                 "--no-verify", "--out", str(out)], capture_output=True, text=True, timeout=240)
+        assert follow.returncode == 0, follow.stderr
+        assert not [p for p in listing(out) if ".edgekit-export-" in str(p)], f"{name}: stale stage kept"
+        return
+    assert "Traceback" not in stdout + stderr, f"{name}: traceback\n{stderr[-3000:]}"
+    assert proc.returncode in (130, 0), (name, proc.returncode, stderr[-2000:])
+    assert not staged, f"{name}: left {staged}"
+    assert not [p for p in listing(out) if p.name.endswith(".tmp")], f"{name}: left temporary files"
+    if proc.returncode == 130:
+        assert stderr.strip().splitlines()[-1] == "interrupted", stderr[-500:]
+        # nothing that a later command would take for a finished result
+        finished = [p for p in listing(out) if p.suffix in (".pt", ".onnx", ".xml", ".bin")]
+        assert not finished, f"{name}: {finished}"

@@ -414,6 +414,12 @@ def drop_unreadable(table: ImageTable) -> None:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(table.skipped), table.skipped[0])
     if not keep:
         raise BadInputError("no readable images in the data")
+    if table.labelled and table.class_names:
+        present = set(table.labels[keep].tolist())
+        empty = [name for i, name in enumerate(table.class_names) if i not in present and (table.labels == i).any()]
+        if empty:  # training on the other classes alone would report a perfect, meaningless score
+            raise BadInputError(f"class {empty[0]!r}: none of its images could be read "
+                                f"({sum(1 for _ in empty)} class(es) like this; e.g. {table.skipped[0]})")
     keep = np.array(keep)
     table.paths = [table.paths[i] for i in keep]
     table.labels = table.labels[keep]
