@@ -18,7 +18,9 @@ log = logging.getLogger("edgekit")
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s")
-    for noisy in ("matplotlib", "PIL"):
+    # torch configures its own loggers during import; a Ctrl-C that lands mid-import leaves them on ours,
+    # and torch's exit hook then prints its cache statistics after "interrupted".
+    for noisy in ("matplotlib", "PIL", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

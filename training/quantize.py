@@ -136,20 +136,27 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(Path(cfg.checkpoint).stem + "_int8.pt")
     spec = ckpt.spec.replace(precision="int8", quantization=recipe,
                              source_checkpoint_sha256=sha256_file(cfg.checkpoint))
-    save_checkpoint(out, Checkpoint(spec, ckpt.model, int8.state_dict(), ckpt.history, {}))
-
-    reloaded = load_model(load_checkpoint(out))
-    check = [np.zeros(spec.input_shape(1), np.float32) + 0.5]
-    if not np.array_equal(run_model(reloaded, check), run_model(int8, check)):
-        os.unlink(out)
-        raise BadInputError("the saved INT8 checkpoint does not reproduce the quantized model; nothing written")
-    result = {"mode": cfg.mode, "engine": engine, "calibration": recipe.get("calibration"), "test_images": 0,
-              "top1_agreement": None, "accuracy_delta_pp": None, "gate_problems": []}
-    for name, model, path in (("fp32", fp32, Path(cfg.checkpoint)), ("int8", reloaded, out)):
-        result[name] = {"path": str(path), "accuracy": None, "size_mb": path.stat().st_size / 1e6,
-                        "latency_ms": latency_ms(model, spec), "threads": torch.get_num_threads()}
-    if table is not None:
-        _compare(result, table, spec, fp32, reloaded, cfg)
+    # Staged under a hidden name until the comparison is done: a Ctrl-C or crash half-way never leaves a
+    # model_int8.pt that looks finished but was never checked.
+    staged = out.with_name(f".{out.name}.edgekit-partial")
+    try:
+        save_checkpoint(staged, Checkpoint(spec, ckpt.model, int8.state_dict(), ckpt.history, {}))
+        reloaded = load_model(load_checkpoint(staged))
+        check = [np.zeros(spec.input_shape(1), np.float32) + 0.5]
+        if not np.array_equal(run_model(reloaded, check), run_model(int8, check)):
+            raise BadInputError("the saved INT8 checkpoint does not reproduce the quantized model; nothing written")
+        result = {"mode": cfg.mode, "engine": engine, "calibration": recipe.get("calibration"), "test_images": 0,
+                  "top1_agreement": None, "accuracy_delta_pp": None, "gate_problems": []}
+        for name, model, path in (("fp32", fp32, Path(cfg.checkpoint)), ("int8", reloaded, staged)):
+            result[name] = {"path": str(path), "accuracy": None, "size_mb": path.stat().st_size / 1e6,
+                            "latency_ms": latency_ms(model, spec), "threads": torch.get_num_threads()}
+        if table is not None:
+            _compare(result, table, spec, fp32, reloaded, cfg)
+        os.replace(staged, out)
+        result["int8"]["path"] = str(out)
+    finally:
+        if staged.exists():
+            staged.unlink()
     result["size_ratio"] = result["int8"]["size_mb"] / result["fp32"]["size_mb"]
     result["speedup"] = result["fp32"]["latency_ms"] / result["int8"]["latency_ms"]
     return result
