@@ -81,6 +81,9 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
         except KeyboardInterrupt:
             summary = pipeline.summary(frames)  # run() closed the sinks: the video is finalised, events flushed
             summary["interrupted"] = True
+        for sink in sinks:
+            if isinstance(sink, VideoSink):
+                summary["video"] = sink.report()
     finally:
         if frames is not None:
             frames.close()

@@ -13,6 +13,9 @@ with every person kept inside one split.
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,8 +85,6 @@ def _read_levels(path: Path, clip_column: str, column: str) -> dict[str, int]:
 
 
 def build_face_dataset(cfg: FaceDatasetConfig, progress=None) -> FaceDatasetReport:
-    import cv2
-
     root, out = Path(cfg.videos), Path(cfg.out)
     if not root.is_dir():
         raise BadInputError(f"video folder not found: {root}")
@@ -94,6 +95,23 @@ def build_face_dataset(cfg: FaceDatasetConfig, progress=None) -> FaceDatasetRepo
     if not videos:
         raise BadInputError(f"{root}: no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) found")
     detector = HaarFaceDetector()
+    try:  # staged: crops land in a hidden folder and move into place, faces.csv last, only when all went well
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".edgekit-dataset-", dir=out))
+    except OSError as exc:
+        raise BadInputError(f"cannot write to {out}: {exc.strerror}") from None
+    try:
+        report = _collect(cfg, root, videos, levels, detector, stage, progress)
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+def _collect(cfg: FaceDatasetConfig, root: Path, videos: list[Path], levels: dict, detector, out: Path,
+             progress) -> FaceDatasetReport:
+    import cv2
+
     report = FaceDatasetReport()
     rows = []
     for video_path in progress(videos) if progress else videos:
@@ -122,7 +140,9 @@ def build_face_dataset(cfg: FaceDatasetConfig, progress=None) -> FaceDatasetRepo
                 if face is not None:
                     crop = face.expand(cfg.margin, image.shape[1], image.shape[0]).crop(image)
                     name = f"{label}/{person}_{video_path.stem}_{index:05d}.jpg"
-                    cv2.imwrite(str(out / name), cv2.resize(crop, (cfg.size, cfg.size), interpolation=cv2.INTER_AREA))
+                    if not cv2.imwrite(str(out / name), cv2.resize(crop, (cfg.size, cfg.size),
+                                                                   interpolation=cv2.INTER_AREA)):
+                        raise BadInputError(f"cannot write {Path(cfg.out) / name} (disk full?)")
                     rows.append({"path": name, "label": label, "person": person, "clip": video_path.stem,
                                  "level": level})
                     report.faces += 1
@@ -132,8 +152,21 @@ def build_face_dataset(cfg: FaceDatasetConfig, progress=None) -> FaceDatasetRepo
         video.release()
     if not rows:
         raise BadInputError(f"no faces found in {report.frames} sampled frames of {report.clips} labelled clips")
-    with open(out / "faces.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "person", "clip", "level"])
-        writer.writeheader()
-        writer.writerows(rows)
+    try:
+        with open(out / "faces.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "label", "person", "clip", "level"])
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {Path(cfg.out) / 'faces.csv'}: {exc.strerror}") from None
     return report
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the staged crops into ``out`` (same file system: renames), then faces.csv, whose presence means
+    the data set is complete."""
+    for folder in sorted(p for p in stage.iterdir() if p.is_dir()):
+        (out / folder.name).mkdir(exist_ok=True)
+        for image in folder.iterdir():
+            os.replace(image, out / folder.name / image.name)
+    os.replace(stage / "faces.csv", out / "faces.csv")

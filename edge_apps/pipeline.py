@@ -76,14 +76,28 @@ class VideoSink:
 
     def __init__(self, path: Path, fps: float):
         self.path, self.fps, self.writer = path, fps if fps > 0 else 25.0, None
+        self.size: tuple[int, int] | None = None  # (width, height) of the first frame: the video's size
+        self.resized = 0  # frames of another size, fitted to it (OpenCV's writer silently drops them)
+        self.frames = 0
 
     def write(self, image: np.ndarray) -> None:
         import cv2
 
         if self.writer is None:
             height, width = image.shape[:2]
+            self.size = (width, height)
             self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps, (width, height))
+        if (image.shape[1], image.shape[0]) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+            self.resized += 1
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         self.writer.write(image)
+        self.frames += 1
+
+    def report(self) -> dict:
+        return {"path": str(self.path), "frames": self.frames, "resized": self.resized,
+                "size": list(self.size) if self.size else None}
 
     def close(self) -> None:
         if self.writer is not None:
@@ -339,4 +353,9 @@ def format_summary(summary: dict) -> str:
                  + (f", reconnects {src['reconnects']}" if src["reconnects"] else "")
                  + (f"; {src['error']}" if src["error"] else "")
                  + (f"; peak RSS {summary['peak_rss_mb']:.0f} MB" if summary["peak_rss_mb"] else ""))
+    video = summary.get("video")
+    if video:
+        lines.append(f"{Path(video['path']).name}: {video['frames']} frames"
+                     + (f" ({video['resized']} of another size fitted to {video['size'][0]}x{video['size'][1]})"
+                        if video["resized"] else ""))
     return "\n".join(lines)

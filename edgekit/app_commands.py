@@ -15,7 +15,8 @@ from edgekit.core import jsonio
 @click.option("--model", required=True, type=click.Path(), help="A .pt checkpoint, .onnx or OpenVINO .xml.")
 @click.option("--runtime", default=None, help="pytorch, onnxruntime or openvino (default: the file's natural one).")
 @click.option("--source", default="0", show_default=True,
-              help="Camera index, video file, image folder or stream URL (rtsp://, http://).")
+              help="Camera index, video file, image folder, stream URL (rtsp://, http://) or picamera2[:N] (a "
+                   "Raspberry Pi camera module through libcamera's Picamera2).")
 @click.option("--app", type=click.Choice(sorted(APPS)), default="classify", show_default=True,
               help="classify: whole frame (or face with --faces); attend: largest face -> binary attentiveness "
                    "averaged over --window frames; driver: 10-class distraction + eye-closure drowsiness alerts.")
@@ -138,7 +139,7 @@ def serve(host: str, port: int, http: str, viewer_token: str | None, token: str,
 @click.option("--token", envvar="EDGEKIT_TOKEN", default="", help="The meeting's join token (or $EDGEKIT_TOKEN).")
 @click.option("--model", required=True, type=click.Path(), help="Binary attentiveness model (.onnx, .xml or .pt).")
 @click.option("--runtime", default=None, help="pytorch, onnxruntime or openvino (default: the file's natural one).")
-@click.option("--source", default="0", show_default=True, help="Camera index, video file or URL.")
+@click.option("--source", default="0", show_default=True, help="Camera index, video file, URL or picamera2[:N].")
 @click.option("--loop", is_flag=True, help="Restart a video file at its end (a file standing in for a camera).")
 @click.option("--faces", default="haar", show_default=True, help="Face detector: haar or a cascade .xml.")
 @click.option("--window", default=5, show_default=True, help="Frames averaged per decision.")
@@ -225,6 +226,7 @@ def dataset_faces(**options) -> None:
     from edgekit.edge_apps.dataset import FaceDatasetConfig, build_face_dataset
 
     cfg = FaceDatasetConfig(**options)
+    ctrl_c_interrupts()  # staged output: Ctrl-C removes the half-made crops (see build_face_dataset)
     report = build_face_dataset(cfg, lambda videos: tqdm(videos, desc="clips", unit="clip"))
     click.echo(f"{report.clips} clips, {report.frames} frames sampled, {report.faces} faces from "
                f"{len(report.persons)} persons: " + ", ".join(f"{k} {v}" for k, v in sorted(report.per_label.items())))

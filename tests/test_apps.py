@@ -297,3 +297,38 @@ def test_daisee_like_clips_become_face_crops_grouped_by_person(tmp_path):
     bad = run_cli("dataset", "faces", str(tmp_path / "DataSet"), "--labels", str(labels), "--out",
                   str(tmp_path / "c2"), "--column", "Attention")
     assert bad.returncode == 2 and "no column 'Attention'" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_an_interrupted_face_dataset_leaves_nothing_behind(tmp_path):
+    """Ctrl-C while `dataset faces` is cropping: exit 130, no crops and no faces.csv in --out (they are staged
+    in a hidden folder that is removed), so a later `train` cannot pick up half a data set."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import cv2
+
+    from conftest import default_sigint, draw_face
+
+    folder = tmp_path / "DataSet" / "Train" / "110001" / "1100010001"
+    folder.mkdir(parents=True)
+    writer = cv2.VideoWriter(str(folder / "1100010001.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
+    for i in range(3000):  # long enough to be interrupted mid-way
+        writer.write(draw_face(np.full((240, 320, 3), 90, np.uint8), 120 + i % 80, 120, 70))
+    writer.release()
+    labels = tmp_path / "AllLabels.csv"
+    labels.write_text("ClipID,Engagement\n1100010001.avi,3\n")
+    out = tmp_path / "crops"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "dataset", "faces", str(tmp_path / "DataSet"),
+                             "--labels", str(labels), "--out", str(out), "--fps", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob(".edgekit-dataset-*/attentive/*.jpg")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    assert list(out.glob(".edgekit-dataset-*/attentive/*.jpg")), "no crop was staged within 120 s"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == [], list(out.rglob("*"))

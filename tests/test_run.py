@@ -131,3 +131,58 @@ def test_loop_replays_a_file_until_max_frames_and_close_waits_for_the_reader(exp
     assert indices == list(range(90))  # one running index across the passes
     source.close()  # while the reader may be inside a read: stop, join, then release
     assert not source._thread.is_alive() and not source.capture.isOpened()
+
+
+def test_frames_of_another_size_are_fitted_into_the_video_not_dropped(tmp_path):
+    """OpenCV's writer silently drops a frame whose size differs from the video's (a camera that changes
+    resolution, a stream that reconnects): the sink fits it to the first frame's size and counts it."""
+    import cv2
+    import numpy as np
+
+    from edgekit.edge_apps.pipeline import VideoSink, format_summary
+
+    sink = VideoSink(tmp_path / "annotated.avi", 10)
+    for i in range(12):
+        shape = (64, 96, 3) if i % 3 else (120, 160, 3)
+        sink.write(np.full(shape, 20 * i, np.uint8) if i != 5 else np.full((30, 40), 99, np.uint8))
+    sink.close()
+    video = cv2.VideoCapture(str(tmp_path / "annotated.avi"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    assert video.read()[1].shape == (120, 160, 3)
+    report = sink.report()
+    assert report["frames"] == 12 and report["resized"] == 8 and report["size"] == [160, 120]
+    summary = {"app": "x", "frames": 12, "seconds": 1.0, "pipeline_fps": 12.0, "model_only_fps": 1.0,
+               "inferences": 12, "gated": 0, "stages": {}, "glass_to_glass": None, "peak_rss_mb": None,
+               "source": {"name": "s", "read": 12, "dropped": 0, "corrupt": 0, "reconnects": 0, "error": None},
+               "video": report}
+    assert "annotated.avi: 12 frames (8 of another size fitted to 160x120)" in format_summary(summary)
+
+
+def test_picamera2_source_reads_a_camera_module_through_its_library(exported, tmp_path):
+    """--source picamera2 with a stand-in Picamera2 module (tests/fake_picamera2, the library's documented
+    API): frames flow as from any live source, a missing camera number is one error line, and doctor names
+    the camera stack."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out, _ = exported
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "fake_picamera2")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    proc = cli("run", "--model", str(out / "model.onnx"), "--source", "picamera2", "--max-frames", "8",
+               "--out", str(tmp_path / "cam"), "--no-save-video")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "cam" / "summary.json").read_text())
+    assert summary["frames"] == 8 and summary["source"]["live"] and summary["source"]["name"] == "picamera2"
+    missing = cli("run", "--model", str(out / "model.onnx"), "--source", "picamera2:3", "--out", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "1 camera(s) found" in missing.stderr.strip().splitlines()[-1]
+    doctor = cli("doctor")
+    assert "--source picamera2" in doctor.stdout, doctor.stdout
+    without = run_cli("run", "--model", str(out / "model.onnx"), "--source", "picamera2", "--out", str(tmp_path / "y"))
+    assert without.returncode == 2 and "python3-picamera2" in without.stderr.strip().splitlines()[-1]
