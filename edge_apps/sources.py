@@ -1,4 +1,5 @@
-"""Frame sources: a camera index, a video file, an image folder or a stream URL, as timestamped frames.
+"""Frame sources: a camera index, a video file, an image folder, a stream URL or a Raspberry Pi camera module
+(``picamera2[:N]``, edge_apps/picamera.py), as timestamped frames.
 
 Every source is decoded by a background thread, so decoding overlaps with inference. Live sources (cameras,
 URLs) keep only the newest frame: a slow model then works on the freshest picture instead of an ever older
@@ -39,7 +40,9 @@ class SourceStats:
 
 
 def is_live(source: str) -> bool:
-    return source.isdigit() or "://" in source
+    from edgekit.edge_apps.picamera import is_picamera2
+
+    return source.isdigit() or "://" in source or is_picamera2(source)
 
 
 def is_url(source: str) -> bool:
@@ -93,6 +96,10 @@ class FrameSource:
     def _open_capture(self):
         import cv2
 
+        from edgekit.edge_apps.picamera import Picamera2Capture, is_picamera2
+
+        if is_picamera2(self.source):
+            return Picamera2Capture(self.source)
         capture = cv2.VideoCapture(int(self.source) if self.source.isdigit() else self.source)
         if not capture.isOpened():
             raise BadInputError(f"cannot open video source {self.source!r} (missing camera, unknown codec or "

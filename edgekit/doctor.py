@@ -77,6 +77,22 @@ def _free_mb() -> float | None:
     return None
 
 
+def _camera_stack() -> Check | None:
+    """On a Raspberry Pi, which camera stack there is and which --source reads it."""
+    from edgekit.edge_apps.picamera import available
+
+    model = Path("/proc/device-tree/model")
+    pi = model.is_file() and "raspberry pi" in model.read_bytes().decode(errors="replace").lower()
+    if available():
+        return Check("camera stack", "ok", "Picamera2 (libcamera) is installed: a camera module reads with "
+                                           "--source picamera2 (USB cameras with --source 0)")
+    if pi:
+        return Check("camera stack", "warn", "Raspberry Pi without Picamera2: a camera module (libcamera) usually "
+                                             "gives OpenCV no frames; sudo apt install python3-picamera2, make the "
+                                             "venv with --system-site-packages, then --source picamera2")
+    return None
+
+
 def _camera(index: int) -> Check:
     devices = sorted(str(p) for p in Path("/dev").glob("video*")) if Path("/dev").is_dir() else []
     if not devices:
@@ -136,6 +152,9 @@ def run_checks(model: str | None = None, runtime: str | None = None, camera: int
     if free is not None:
         checks.append(Check("memory", "ok" if free >= MIN_FREE_MB else "warn", f"{free:.0f} MB available"))
     checks.append(_camera(camera))
+    stack = _camera_stack()
+    if stack is not None:
+        checks.append(stack)
     if model:
         checks.extend(_model(model, runtime))
     return checks
