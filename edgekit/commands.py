@@ -157,6 +157,9 @@ def demo(out: str, epochs: int, threads: int) -> None:
 @click.option("--ov-max-drop", type=float, default=None, metavar="X",
               help="OpenVINO INT8 with NNCF's accuracy control: layers return to float, costliest first, until top-1 "
                    "agreement with FP32 on the calibration images drops at most X (e.g. 0.05). Slower export.")
+@click.option("--target", type=click.Choice(["host", "pi4", "pi5", "arm64", "x86-avx2", "x86-vnni"]), default=None,
+              help="The CPU the INT8 models are for: chooses 7-bit ranges (reduce_range, NNCF's overflow fix) only "
+                   "where its kernels need them (x86 without VNNI), and records it. Default: host; pi4 with --bundle pi.")
 @click.option("--bake-preprocess", is_flag=True,
               help="The graph takes uint8 NHWC frames and normalises inside; a device only resizes.")
 @click.option("--input-color", type=click.Choice(["BGR", "RGB", "GRAY"]), default="BGR", show_default=True,
@@ -186,6 +189,8 @@ def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, keep_f
         bundle_dir = Path(options["out"] or Path(checkpoint).parent / "pi_bundle")
         options["out"] = str(bundle_dir / "models")
     keep = tuple(k.strip() for k in keep_float.split(",") if k.strip())
+    if options["target"] is None:
+        options["target"] = "pi4" if bundle else "host"  # a bundle is for the weakest common board
     result = run_export(ExportConfig(checkpoint=checkpoint, formats=tuple(formats), keep_float=keep, **options))
     if result.verify_table:
         click.echo(result.verify_table)
@@ -194,7 +199,7 @@ def export(checkpoint: str, formats: tuple[str, ...], bundle: str | None, keep_f
     if bundle and result.artifacts:
         from edgekit.export.bundle import make_pi_bundle
 
-        for line in make_pi_bundle(bundle_dir, [a.path for a in result.artifacts]):
+        for line in make_pi_bundle(bundle_dir, [a.path for a in result.artifacts], options["target"]):
             click.echo(line)
     elif result.artifacts:
         click.echo(f"next: edgekit verify {' '.join(str(a.path) for a in result.artifacts)} --reference {checkpoint}")

@@ -55,24 +55,30 @@ def build_wheel(out: Path) -> Path:
 
 INSTALL = """#!/usr/bin/env bash
 # Install the device environment: a venv with onnxruntime, numpy, OpenCV and edgekit; no torch.
+# Running it again (after copying an updated bundle) replaces edgekit with this bundle's wheel.
 set -euo pipefail
-cd "$(dirname "$0")"
+HERE="$(cd "$(dirname "$0")" && pwd)"
 VENV=${VENV:-$HOME/edgekit-venv}
-python3 -m venv "$VENV"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 . "$VENV/bin/activate"
-pip install -r requirements.txt
-pip install --no-deps wheels/edgekit-*.whl
-edgekit doctor models/%(model)s
+pip install -r "$HERE/requirements.txt"
+pip install --no-deps --force-reinstall "$HERE"/wheels/edgekit-*.whl
+edgekit doctor "$HERE/models/%(model)s"
 """
 
 RUN = """#!/usr/bin/env bash
 # The camera app on this device: bash run.sh [SOURCE] [more edgekit run options]; watch on http://PI:8080/
 # from another machine, signing in with the viewer token printed at start (or set EDGEKIT_VIEWER_TOKEN).
-# SERVE=127.0.0.1:8080 keeps the stream on the Pi itself.
+# SERVE=127.0.0.1:8080 keeps the stream on the Pi itself. A SOURCE path is read from where you run this.
+# Results go to ./edgekit-run (OUT=... to change); the annotated video is off on the device (an SD card fills
+# at about 3 GB per hour of 720p MJPEG): RECORD=1 turns it on.
 set -euo pipefail
-cd "$(dirname "$0")"
+HERE="$(cd "$(dirname "$0")" && pwd)"
 . "${VENV:-$HOME/edgekit-venv}/bin/activate"
-exec edgekit run --model models/%(model)s --runtime onnxruntime --source "${1:-0}" --serve "${SERVE:-0.0.0.0:8080}" "${@:2}"
+VIDEO=--no-save-video
+if [ "${RECORD:-0}" = 1 ]; then VIDEO=--save-video; fi
+exec edgekit run --model "$HERE/models/%(model)s" --runtime onnxruntime --source "${1:-0}" \\
+    --serve "${SERVE:-0.0.0.0:8080}" --out "${OUT:-edgekit-run}" "$VIDEO" "${@:2}"
 """
 
 README = """# edgekit bundle for a Raspberry Pi (64-bit OS)
@@ -85,16 +91,45 @@ Models: %(models)s (labels and preprocessing are in each `.edgekit.json`).
    It ends with `edgekit doctor`, which checks the OS is 64-bit, the CPU's INT8 support, the camera and
    that the model loads and runs.
 3. `bash %(name)s/run.sh` (camera 0) or `bash %(name)s/run.sh video.mp4`; open http://raspberrypi.local:8080/.
-4. Compare the precisions on this device: `edgekit bench models/*.onnx`. A Pi 4 (Cortex-A72) has no
-   dot-product instructions, so INT8 may not beat FP32 there; a Pi 5 (Cortex-A76) has them.
+   Events and the summary go to `./edgekit-run/`; `RECORD=1 bash %(name)s/run.sh` also writes the annotated
+   video (off by default: about 3 GB per hour on the SD card). Re-running `install.sh` after copying a newer
+   bundle replaces edgekit.
+4. Compare the precisions on this device: `edgekit bench %(name)s/models/*.onnx`. A Pi 4 (Cortex-A72) has no
+   dot-product instructions, so INT8 may not beat FP32 there; a Pi 5 (Cortex-A76) has them. The INT8 model
+   was made for %(target)s and checked on %(host)s, not on the Pi itself.
 
 Requirements were pinned on %(host)s with Python %(python)s; a Pi with another Python minor version may need
 the nearest versions instead.
 """
 
 
-def make_pi_bundle(out: Path, models: list[Path]) -> list[str]:
+# What a device never uses: the demo's embedded data set (edgekit demo trains, which needs torch).
+DEVICE_WHEEL_DROPS = ("edgekit/data/fashion-mnist-mini/",)
+
+
+def slim_wheel(wheel: Path) -> int:
+    """Rewrite ``wheel`` without DEVICE_WHEEL_DROPS (RECORD updated to match); returns bytes saved."""
+    import zipfile
+
+    before = wheel.stat().st_size
+    slim = wheel.with_suffix(".slim")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            if item.filename.startswith(DEVICE_WHEEL_DROPS):
+                continue
+            data = src.read(item)
+            if item.filename.endswith(".dist-info/RECORD"):
+                lines = data.decode().splitlines(keepends=True)
+                data = "".join(line for line in lines if not line.startswith(DEVICE_WHEEL_DROPS)).encode()
+            dst.writestr(item, data)
+    slim.replace(wheel)
+    return before - wheel.stat().st_size
+
+
+def make_pi_bundle(out: Path, models: list[Path], target: str = "pi4") -> list[str]:
     """Write the bundle's files around ``out/models``; returns lines to print."""
+    from edgekit.export.onnx_format import TARGETS
+
     import platform
 
     onnx = sorted(m for m in models if m.suffix == ".onnx")
@@ -103,13 +138,16 @@ def make_pi_bundle(out: Path, models: list[Path]) -> list[str]:
     main = next((m for m in onnx if "int8" in m.stem), onnx[0])
     requirements = pinned_requirements()
     wheel = build_wheel(out / "wheels")
+    saved = slim_wheel(wheel)
     (out / "requirements.txt").write_text("# the device environment (no torch); pinned to the versions tested\n"
                                           + "\n".join(requirements) + "\n")
     values = {"model": main.name, "models": ", ".join(f"`models/{m.name}`" for m in onnx), "name": out.name,
-              "host": f"{platform.system()} {platform.machine()}", "python": platform.python_version()}
+              "host": f"{platform.system()} {platform.machine()}", "python": platform.python_version(),
+              "target": TARGETS.get(target, target)}
     for name, text in (("install.sh", INSTALL), ("run.sh", RUN), ("README.md", README)):
         (out / name).write_text(text % values)
         if name.endswith(".sh"):
             (out / name).chmod(0o755)
-    return [f"bundle: {out}/ (models/, {wheel.relative_to(out)}, requirements.txt, install.sh, run.sh, README.md)",
+    return [f"bundle: {out}/ (models/, {wheel.relative_to(out)} without the demo data, {saved / 1e6:.1f} MB less; "
+            "requirements.txt, install.sh, run.sh, README.md)",
             f"next: scp -r {out} pi@raspberrypi.local: && ssh pi@raspberrypi.local bash {out.name}/install.sh"]

@@ -43,6 +43,7 @@ class ExportConfig:
     ov_int8: str = "nncf"  # "nncf" (NNCF PTQ on the IR) or "qdq" (from the QDQ ONNX); see openvino_format
     ov_bias_correction: str = "full"  # NNCF: "full" BiasCorrection or "fast" (NNCF's default); see nncf_int8
     ov_max_drop: float | None = None  # NNCF accuracy control on OpenVINO INT8 (agreement drop on calib images)
+    target: str = "host"  # the CPU the INT8 models are for (onnx_format.TARGETS); --bundle pi: pi4
     bake_preprocess: bool = False
     input_color: str = "BGR"
     dynamic_batch: bool = False
@@ -63,6 +64,10 @@ class ExportConfig:
         checks.within("--calib-size", self.calib_size, 1, 1_000_000)
         checks.within("--calib-batch", self.calib_batch, 1, 4096)
         checks.at_least("--verify-images", self.verify_images, 0)
+        from edgekit.export.onnx_format import TARGETS
+
+        if self.target not in TARGETS:
+            raise UnknownNameError("target", self.target, tuple(TARGETS))
         if self.ov_max_drop is not None:
             checks.within("--ov-max-drop", self.ov_max_drop, 0, 1)
             if self.ov_int8 != "nncf":
@@ -162,11 +167,13 @@ class ExportJob:
             if cfg.onnx_int8 == "nncf":
                 recipe = nncf_qdq(self.fp32_onnx(), path, batches, audit, num_samples=cfg.calib_size,
                                   bias_correction=cfg.onnx_bias_correction, keep_float=cfg.keep_float,
+                                  target=cfg.target,
                                   spec=self.spec.replace(precision="int8"))
             else:
                 recipe = quantize_qdq(self.fp32_onnx(), path, self.work, batches, audit,
                                       calib_method=cfg.calib_method, activation_type=cfg.activation_type,
                                       reduce_range=cfg.reduce_range, exclude=cfg.exclude, keep_float=cfg.keep_float,
+                                      target=cfg.target,
                                       spec=self.spec.replace(precision="int8"))
             self._int8_onnx = (path, recipe)
         return self._int8_onnx
@@ -232,8 +239,10 @@ def export_openvino(job: ExportJob) -> list[Artifact]:
         if precision == "int8" and job.cfg.ov_int8 == "nncf":
             batches, audit = job.calibration()
             files, kept = ovf.nncf_int8(job.fp32_onnx(), spec, xml, batches, job.cfg.calib_size,
-                                        job.cfg.ov_bias_correction, job.cfg.keep_float, job.cfg.ov_max_drop)
+                                        job.cfg.ov_bias_correction, job.cfg.keep_float, job.cfg.ov_max_drop,
+                                        job.cfg.target)
             notes = {"scheme": "nncf-ptq" if job.cfg.ov_max_drop is None else "nncf-accuracy-control",
+                     "target": job.cfg.target,
                      "bias_correction": job.cfg.ov_bias_correction, "keep_float": kept,
                      "calibration": audit.to_dict()}
             if job.cfg.ov_max_drop is not None:
@@ -338,6 +347,12 @@ def export(cfg: ExportConfig) -> ExportResult:
             result.artifacts += EXPORTERS[name](job)
         if cfg.debug_layers:
             result.lines.append(_debug_layers(job, Path(cfg.debug_layers)))
+        if cfg.int8:
+            from edgekit.export.onnx_format import target_note
+
+            note = target_note(cfg.target)
+            if note:
+                result.lines.append(note)
         if cfg.verify:
             _verify_staged(cfg, job, result)
         for artifact in result.artifacts:  # the verified ones: move into place

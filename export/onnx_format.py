@@ -131,11 +131,47 @@ class _BatchReader:
         pass
 
 
-def int8_defaults() -> dict:
-    """Activation type and reduce_range for this CPU (see edgekit.core.hardware and docs/architecture.md, "Measuring")."""
+# The CPU an INT8 model is made for (--target) and what its integer kernels need. The 16-bit saturation that
+# reduce_range (onnxruntime's route) and NNCF's overflow fix work around is an x86 problem: without VNNI,
+# pmaddubsw adds two u8*s8 products in 16 bits. ARM kernels widen each product (Cortex-A72, Pi 4) or use the
+# dot-product instructions (Cortex-A76, Pi 5), so neither needs it.
+TARGETS = {
+    "host": "this machine's CPU",
+    "pi4": "Raspberry Pi 4 (Cortex-A72, aarch64, no dot product)",
+    "pi5": "Raspberry Pi 5 (Cortex-A76, aarch64, dot product)",
+    "arm64": "an aarch64 CPU",
+    "x86-avx2": "an x86 CPU with AVX2 and no VNNI",
+    "x86-vnni": "an x86 CPU with AVX-512 VNNI or AVX-VNNI",
+}
+
+
+def int8_defaults(target: str = "host") -> dict:
+    """INT8 settings for ``target`` (see TARGETS): activation type, reduce_range (7-bit activations on
+    onnxruntime's route) and NNCF's overflow fix ("enable": 7-bit weights everywhere, "first_layer_only", "disable")."""
     from edgekit.core.hardware import has_int8_dot_product
 
-    return {"activation_type": "u8", "reduce_range": not has_int8_dot_product()}
+    if target not in TARGETS:
+        raise BadInputError(f"unknown --target {target!r} (choose from {', '.join(TARGETS)})")
+    if target == "host":
+        saturates = not has_int8_dot_product()
+    else:
+        saturates = target == "x86-avx2"
+    arm = target in ("pi4", "pi5", "arm64")
+    return {"activation_type": "u8", "reduce_range": saturates, "target": target,
+            "overflow_fix": "enable" if saturates else "disable" if arm else "first_layer_only"}
+
+
+def target_note(target: str) -> str | None:
+    """A line for the user when the INT8 model is made for another kind of CPU than this one."""
+    from edgekit.core.hardware import is_arm
+
+    if target == "host":
+        return None
+    arm_target = target in ("pi4", "pi5", "arm64")
+    if arm_target != is_arm():
+        return (f"INT8 made for {TARGETS[target]}: verified here on this machine's kernels, not on the target's; "
+                f"run `edgekit bench` / `edgekit verify` on the device to check")
+    return None
 
 
 def drop_unused_opsets(proto) -> None:
@@ -182,7 +218,8 @@ def histogram_sample_cap(onnx_path: Path, budget_mb: float | None = None) -> int
 
 def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Iterable[np.ndarray], audit, *,
                  calib_method: str = "minmax", activation_type: str = "auto", reduce_range: bool | None = None,
-                 exclude: tuple[str, ...] = (), keep_float: tuple[str, ...] = (), spec: ModelSpec) -> dict:
+                 exclude: tuple[str, ...] = (), keep_float: tuple[str, ...] = (), spec: ModelSpec,
+                 target: str = "host") -> dict:
     """``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel S8 weights). Returns the recipe,
     including ``audit`` (the CalibrationAudit that ``batches`` fills as ORT consumes them)."""
     onnx = require("onnx", "export", "ONNX export")
@@ -190,7 +227,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Itera
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    defaults = int8_defaults()
+    defaults = int8_defaults(target)
     act = defaults["activation_type"] if activation_type == "auto" else activation_type
     reduce = defaults["reduce_range"] if reduce_range is None else reduce_range
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -219,7 +256,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Itera
     proto.ir_version = IR_VERSION
     drop_unused_opsets(proto)
     recipe = {"scheme": "onnxruntime-qdq", "activation_type": act, "weight_type": "s8", "per_channel": True,
-              "reduce_range": reduce, "calib_method": calib_method, "exclude": list(exclude),
+              "reduce_range": reduce, "calib_method": calib_method, "exclude": list(exclude), "target": target,
               "calibration": audit.to_dict()}
     set_metadata(proto, spec.replace(quantization={**spec.quantization, **recipe}))
     onnx.checker.check_model(proto)
@@ -301,7 +338,8 @@ def activations_to_u8(model) -> int:
 
 
 def nncf_qdq(fp32_path: Path, out_path: Path, batches: Iterable[np.ndarray], audit, *, num_samples: int,
-             bias_correction: str = "full", keep_float: tuple[str, ...] = (), spec: ModelSpec) -> dict:
+             bias_correction: str = "full", keep_float: tuple[str, ...] = (), spec: ModelSpec,
+             target: str = "host") -> dict:
     """NNCF post-training INT8 of the ONNX model itself (QDQ nodes that ONNX Runtime runs in INT8).
 
     The default ONNX INT8 route, chosen by measurement on torchvision's ImageNet MobileNetV2 and real photos
@@ -326,7 +364,7 @@ def nncf_qdq(fp32_path: Path, out_path: Path, batches: Iterable[np.ndarray], aud
     # overflow fix then quantizes every layer's weights to 7 bits (by default only the first layer's).
     from nncf.quantization.advanced_parameters import OverflowFix
 
-    overflow = OverflowFix.ENABLE if int8_defaults()["reduce_range"] else OverflowFix.FIRST_LAYER
+    overflow = OverflowFix(int8_defaults(target)["overflow_fix"])
     per_tensor = AdvancedQuantizationParameters(activations_quantization_params=QuantizationParameters(per_channel=False),
                                                 overflow_fix=overflow)
     quantized = nncf.quantize(model, nncf.Dataset(single), subset_size=min(num_samples, len(single)),
@@ -339,6 +377,7 @@ def nncf_qdq(fp32_path: Path, out_path: Path, batches: Iterable[np.ndarray], aud
     shifted = activations_to_u8(quantized)
     recipe = {"scheme": "nncf-qdq", "bias_correction": bias_correction, "keep_float": keep,
               "activations": "u8 per tensor", "shifted_to_u8": shifted, "overflow_fix": overflow.value,
+              "target": target,
               "calibration": audit.to_dict()}
     set_metadata(quantized, spec.replace(quantization={**spec.quantization, **recipe}))
     onnx.checker.check_model(quantized)

@@ -75,7 +75,8 @@ BIAS_CORRECTIONS = ("full", "fast")
 
 def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterable[np.ndarray],
               num_samples: int, bias_correction: str = "full",
-              keep_float: tuple[str, ...] = (), max_drop: float | None = None) -> tuple[list[Path], list[str]]:
+              keep_float: tuple[str, ...] = (), max_drop: float | None = None,
+              target: str = "host") -> tuple[list[Path], list[str]]:
     """NNCF post-training INT8 on the converted FP32 model, fed edgekit's calibration batches.
 
     ``bias_correction="full"`` runs NNCF's BiasCorrection (each layer's bias is corrected for the error of
@@ -97,9 +98,17 @@ def nncf_int8(fp32_onnx: Path, spec: ModelSpec, xml_path: Path, batches: Iterabl
                             "OpenVINO model",
                             [op.get_friendly_name() for op in ops if op.get_type_name() == "GroupConvolution"])
     single = [image[None] for batch in batches for image in batch]  # the IR has a fixed batch of one
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    from edgekit.export.onnx_format import int8_defaults
+
     options = dict(subset_size=min(num_samples, len(single)), preset=nncf.QuantizationPreset.PERFORMANCE,
                    fast_bias_correction=bias_correction == "fast",
                    ignored_scope=nncf.IgnoredScope(names=keep) if keep else None)
+    if target != "host":  # NNCF picks its overflow fix for the machine it runs on unless told
+        fix = OverflowFix(int8_defaults(target)["overflow_fix"])
+        key = "advanced_quantization_parameters" if max_drop is not None else "advanced_parameters"
+        options[key] = AdvancedQuantizationParameters(overflow_fix=fix)
     if max_drop is None:
         quantized = nncf.quantize(model, nncf.Dataset(single), **options)
     else:

@@ -132,3 +132,43 @@ def test_pi_bundle_holds_models_wheel_pinned_requirements_and_scripts(trained, m
     bad = run_cli("export", str(trained["checkpoint"]), "--format", "openvino", "--bundle", "pi", "--out",
                   str(tmp_path / "b2"))
     assert bad.returncode == 2 and "--bundle pi needs ONNX models" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_pi_bundle_scripts_work_as_a_user_runs_them(device_venv, trained, mini_data, clip, tmp_path):
+    """The bundle's own install.sh and run.sh in the device venv: INT8 made for a Pi 4 by default (recorded),
+    the wheel without the demo data, a re-run of install.sh replaces edgekit, and run.sh takes a video path
+    relative to where the user runs it, with recording off."""
+    import os
+    import shutil
+    import zipfile
+
+    bundle = tmp_path / "bundle"
+    proc = run_cli("export", str(trained["checkpoint"]), "--format", "onnx", "--int8", "--bundle", "pi",
+                   "--out", str(bundle), "--data", str(mini_data), "--calib-size", "64", "--verify-images", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert "INT8 made for Raspberry Pi 4" in proc.stdout  # checked here on x86, said so
+    recipe = json.loads((bundle / "models" / "model_int8.onnx.edgekit.json").read_text())["spec"]["quantization"]
+    assert recipe["target"] == "pi4" and recipe["overflow_fix"] == "disable"  # ARM kernels do not saturate
+    wheel = next((bundle / "wheels").glob("edgekit-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "edgekit/cli.py" in names and not any("fashion-mnist-mini" in n for n in names)
+    env = {**os.environ, "VENV": str(device_venv)}
+    env.pop("PYTHONPATH", None)
+    install = subprocess.run(["bash", str(bundle / "install.sh")], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=900)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    installed = Path(subprocess.run([str(device_venv / "bin" / "python"), "-c",
+                                     "import edgekit.cli as c; print(c.__file__)"], capture_output=True, text=True,
+                                    env=env, check=True, cwd=tmp_path).stdout.strip())
+    installed.write_text(installed.read_text() + "\nTAMPERED = True\n")
+    again = subprocess.run(["bash", str(bundle / "install.sh")], env=env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=900)
+    assert again.returncode == 0 and "TAMPERED" not in installed.read_text(), again.stderr[-2000:]
+    user = tmp_path / "user"
+    user.mkdir()
+    shutil.copy(clip, user / "my clip.avi")
+    run = subprocess.run(["bash", str(bundle / "run.sh"), "my clip.avi", "--max-frames", "10"], cwd=user,
+                         env={**env, "SERVE": "127.0.0.1:0"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((user / "edgekit-run" / "summary.json").read_text())
+    assert summary["frames"] == 10 and not (user / "edgekit-run" / "annotated.avi").exists()

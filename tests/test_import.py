@@ -218,6 +218,11 @@ def test_onnx_int8_activations_are_per_tensor(trained, mini_data, tmp_path):
     assert scales and all(s is not None and s.size == 1 for s in scales), [s.shape for s in scales if s is not None]
     zeros = [inits.get(n.input[2], consts.get(n.input[2])) for n in quantizers]
     assert all(z is not None and z.dtype == np.uint8 for z in zeros)  # U8 activations: what x86 kernels fuse
+    avx2 = run_cli("export", str(trained["checkpoint"]), "--format", "onnx", "--int8", "--data", str(mini_data),
+                   "--calib-size", "64", "--no-verify", "--out", str(tmp_path / "avx2"), "--target", "x86-avx2")
+    assert avx2.returncode == 0, avx2.stderr
+    recipe = json.loads((tmp_path / "avx2" / "model_int8.onnx.edgekit.json").read_text())["spec"]["quantization"]
+    assert recipe["target"] == "x86-avx2" and recipe["overflow_fix"] == "enable"  # 7-bit weights for pmaddubsw
 
 
 def test_histogram_calibration_is_capped_to_its_memory_budget(trained, mini_data, tmp_path):
