@@ -334,6 +334,14 @@ def activations_to_u8(model) -> int:
         if node.output[0] in types:
             types[node.output[0]].type.tensor_type.elem_type = TensorProto.UINT8
         changed += 1
+    # The S8 zero points nothing reads any more: onnxruntime would warn about each one at every load.
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for tensor in list(graph.initializer):
+        if tensor.name not in used and tensor.data_type == TensorProto.INT8 and len(tensor.dims) <= 1:
+            graph.initializer.remove(tensor)
+    for node in list(graph.node):
+        if node.op_type == "Constant" and node.output[0] not in used:
+            graph.node.remove(node)
     return changed
 
 
