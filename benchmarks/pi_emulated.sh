@@ -1,112 +1,138 @@
 #!/usr/bin/env bash
 # The Raspberry Pi path, emulated: a Debian bookworm arm64 root file system (what Raspberry Pi OS 64-bit is
-# built on) run under qemu-user as a Cortex-A72 (Pi 4), with an ARM /proc/cpuinfo. Inside it: install an
-# `edgekit export --bundle pi` bundle from PyPI's aarch64 wheels, then `uname -m`, versions, `edgekit doctor`,
-# `edgekit run` on a short real video and an `edgekit bench` smoke test; the labels are compared with the
-# same bundle run on this x86 host (identical for FP32; INT8 within quantization tolerance).
+# built on) under qemu-user, once as a Pi 4 (QEMU_CPU=cortex-a72: no dot product) and once as a Pi 5
+# (cortex-a76: dot product). In each, the bundle's OWN install.sh and run.sh run, as a user would run them;
+# the log shows the CPU the emulator really gives the processes (getauxval(AT_HWCAP) and the features it
+# means), `edgekit doctor`'s INT8 advice, and labels on 200 real Fashion-MNIST test images compared with this
+# x86 host for FP32 and INT8. Emulated timings say nothing about a real Pi and none are recorded.
 #
-# Usage (root, repository root, venv with edgekit[all] active; the bundle is made if missing):
-#   bash benchmarks/pi_emulated.sh [BUNDLE]          log: benchmarks/results/pi_emulated.log
-# Needs: qemu-user-static, debootstrap (tools/system-packages.sh --benchmarks), root (binfmt_misc, chroot,
-# mounts), Debian's mirror and PyPI. The root file system is cached in $ROOTFS (about 6 minutes the first
-# time, seconds after). Why not in CI: it needs root and kernel binfmt_misc (a CI container usually has
-# neither) and the emulated pip install + runs take minutes; the log it writes is committed instead.
+# From a fresh clone, as root, nothing else first:
+#   bash benchmarks/pi_emulated.sh [pi4|pi5|both]      logs: benchmarks/results/pi_emulated_{pi4,pi5}.log
+# It installs the Debian packages it needs (tools/system-packages.sh --benchmarks), makes the README's venv
+# when no edgekit is on PATH, trains a small checkpoint on real Fashion-MNIST when MODEL is not given, builds
+# a minimal root file system once (cached in $ROOTFS) and one bundle per board (--target pi4 / pi5).
+# Why not in CI: it needs root and kernel binfmt_misc, and emulated pip installs take minutes.
 set -euo pipefail
-BUNDLE=${1:-runs/pi_bundle}
+WHICH=${1:-both}
 ROOTFS=${ROOTFS:-/var/cache/edgekit/pi-bookworm-arm64}
-LOG=${LOG:-benchmarks/results/pi_emulated.log}
-MODEL=${MODEL:-runs/fashion_mnist/model.pt}  # the Fashion-MNIST model of benchmarks/fashion_mnist.sh
+MODEL=${MODEL:-runs/pi_emulated/model/model.pt}
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 VIDEO=/usr/share/doc/opencv-doc/examples/data/Megamind.avi
+started=$(date +%s)
 [[ $(id -u) -eq 0 ]] || { echo "error: run as root (chroot, mounts, binfmt_misc)" >&2; exit 1; }
-for tool in qemu-aarch64-static debootstrap; do
-  command -v $tool >/dev/null || { echo "error: $tool missing: bash tools/system-packages.sh --benchmarks" >&2; exit 1; }
-done
-[[ -f $VIDEO ]] || { echo "error: $VIDEO missing: bash tools/system-packages.sh" >&2; exit 1; }
+case $WHICH in pi4) boards=(pi4) ;; pi5) boards=(pi5) ;; both) boards=(pi4 pi5) ;;
+  *) echo "error: expected pi4, pi5 or both, got $WHICH" >&2; exit 2 ;; esac
 
-# 1. binfmt_misc: let the kernel hand aarch64 binaries to qemu (F flag: works inside the chroot).
+# 1. Host tools and data: qemu-user-static, binfmt-support, debootstrap, Fashion-MNIST, opencv-doc.
+bash tools/system-packages.sh --benchmarks
 [[ -f /proc/sys/fs/binfmt_misc/register ]] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
-[[ -f /proc/sys/fs/binfmt_misc/qemu-aarch64 ]] || { echo "error: could not register qemu-aarch64 with binfmt_misc" >&2; exit 1; }
+update-binfmts --enable qemu-aarch64 || { echo "error: update-binfmts could not enable qemu-aarch64" >&2; exit 1; }
+[[ -f /proc/sys/fs/binfmt_misc/qemu-aarch64 ]] || { echo "error: qemu-aarch64 is not registered with binfmt_misc" >&2; exit 1; }
 
-# 2. The root file system, cached.
+# 2. The host venv (the README's first command) and a small real checkpoint.
+if ! command -v edgekit >/dev/null; then
+  [[ -x .venv/bin/edgekit ]] || { python3 -m venv .venv && .venv/bin/pip install -q -e ".[all]"; }
+  . .venv/bin/activate
+fi
+if [[ ! -f $MODEL ]]; then
+  edgekit train --data "$DATA" --weights none --imgsz 32 --epochs 3 --limit 6000 --out "$(dirname "$MODEL")"
+fi
+
+# 3. A minimal root file system, cached (no libgl1: the headless OpenCV wheel does not need mesa).
 if [[ ! -x $ROOTFS/usr/bin/python3 ]]; then
   mkdir -p "$(dirname "$ROOTFS")"
-  debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates,libgl1,libglib2.0-0 \
+  debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$ROOTFS" http://deb.debian.org/debian
 fi
 
-# 3. The bundle (host side), a short clip (the first 48 frames of Megamind.avi) and 200 real Fashion-MNIST
-#    test images as PNG files: the inputs both machines classify.
-if [[ ! -f $BUNDLE/requirements.txt ]]; then
-  edgekit export "$MODEL" --format onnx --int8 --bundle pi --out "$BUNDLE" --data "$DATA"
-fi
-python benchmarks/scripts/pi_inputs.py "$VIDEO" "$DATA" "$BUNDLE"
+cpuinfo() {  # an ARM /proc/cpuinfo for the board (onnxruntime and edgekit's doctor read it; qemu passes x86's)
+  local part=$1 features=$2 model=$3
+  for core in 0 1 2 3; do
+    printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: %s\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: %s\nCPU revision\t: 1\n\n' \
+      $core "$features" $part
+  done
+  printf 'Hardware\t: BCM2835\nModel\t\t: %s (emulated: qemu-user)\n' "$model"
+}
 
-# 4. Host reference: the same models on the same images on x86.
-rm -rf "$BUNDLE/host_out"
-for m in "$BUNDLE"/models/*.onnx; do
-  n=$(basename "$m" .onnx)
-  edgekit run --model "$m" --source "$BUNDLE/images" --smooth none --hold 1 --no-save-video \
-    --out "$BUNDLE/host_out/$n" >/dev/null 2>&1
-done
-
-# 5. Into the chroot: ARM /proc/cpuinfo (onnxruntime reads it; qemu 7.2 passes the host's x86 one through).
-mkdir -p "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev" "$ROOTFS/tmp" "$ROOTFS/bundle"
-for core in 0 1; do  # two Cortex-A72 cores (part 0xd08), the Pi 4's feature flags: no asimddp
-  printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n' $core
-done > "$ROOTFS/tmp/cpuinfo"
-cat >> "$ROOTFS/tmp/cpuinfo" <<'EOF'
-Hardware	: BCM2835
-Model		: Raspberry Pi 4 Model B (emulated: qemu-user, QEMU_CPU=cortex-a72)
-EOF
 cleanup() {
   for m in proc/cpuinfo proc sys dev bundle; do umount "$ROOTFS/$m" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-mount -t proc proc "$ROOTFS/proc"
-mount --bind "$ROOTFS/tmp/cpuinfo" "$ROOTFS/proc/cpuinfo"
-mount --bind /sys "$ROOTFS/sys"
-mount --bind /dev "$ROOTFS/dev"
-mount --bind "$BUNDLE" "$ROOTFS/bundle"
-cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
-# pip inside trusts what this host trusts (a proxy's CA, if any) and uses the same index.
-cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$ROOTFS/etc/ssl/certs/host-ca-bundle.crt"
 
-mkdir -p "$(dirname "$LOG")"
-QEMU_CPU=cortex-a72 chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
-  PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt PIP_INDEX_URL="${PIP_INDEX_URL:-https://pypi.org/simple}" \
-  /bin/bash -euo pipefail -c '
-cd /bundle
-echo "# emulated with qemu-user on an x86_64 host: the timings below say nothing about a real Pi; the point is"
-echo "# that the aarch64 wheels install and run, and that the predictions match the host"
-echo "\$ uname -m: $(uname -m)"
-echo "\$ python3: $(python3 --version)"
+for board in "${boards[@]}"; do
+  if [[ $board == pi4 ]]; then
+    qemu_cpu=cortex-a72; part=0xd08; features="fp asimd evtstrm crc32 cpuid"; model="Raspberry Pi 4 Model B"
+  else
+    qemu_cpu=cortex-a76; part=0xd0b; features="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
+    model="Raspberry Pi 5 Model B"
+  fi
+  bundle=runs/pi_emulated/bundle_$board
+  log=benchmarks/results/pi_emulated_$board.log
+  # 4. The bundle for this board (INT8 made for it), its inputs, and the host's labels on them.
+  rm -rf "$bundle"
+  edgekit export "$MODEL" --format onnx --int8 --bundle pi --target "$board" --out "$bundle" --data "$DATA"
+  python benchmarks/scripts/pi_inputs.py "$VIDEO" "$DATA" "$bundle"
+  for m in "$bundle"/models/*.onnx; do
+    n=$(basename "$m" .onnx)
+    edgekit run --model "$m" --source "$bundle/images" --smooth none --hold 1 --no-save-video \
+      --out "$bundle/host_out/$n" >/dev/null 2>&1
+  done
+  # 5. Into the chroot. QEMU_CPU must reach every process (qemu reads it at each exec): env -i keeps it.
+  mkdir -p "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev" "$ROOTFS/tmp" "$ROOTFS/bundle"
+  cpuinfo $part "$features" "$model" > "$ROOTFS/tmp/cpuinfo"
+  mount -t proc proc "$ROOTFS/proc"
+  mount --bind "$ROOTFS/tmp/cpuinfo" "$ROOTFS/proc/cpuinfo"
+  mount --bind /sys "$ROOTFS/sys"
+  mount --bind /dev "$ROOTFS/dev"
+  mount --bind "$bundle" "$ROOTFS/bundle"
+  cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+  cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$ROOTFS/etc/ssl/certs/host-ca-bundle.crt"
+  {
+    echo "# $(date -u) host: $(uname -m), $(lscpu | sed -n 's/^Model name: *//p'); command: bash benchmarks/pi_emulated.sh $WHICH"
+    echo "# emulated with qemu-user ($(qemu-aarch64-static --version | head -1)), QEMU_CPU=$qemu_cpu: no timings are meaningful"
+  } > "$log"
+  chroot "$ROOTFS" /usr/bin/env -i QEMU_CPU=$qemu_cpu PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
+    PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt PIP_INDEX_URL="${PIP_INDEX_URL:-https://pypi.org/simple}" \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 VENV=/opt/edgekit-venv SERVE=127.0.0.1:0 \
+    /bin/bash -euo pipefail -c '
+cd /root
+echo "\$ uname -m: $(uname -m); $(python3 --version); QEMU_CPU=$QEMU_CPU"
+python3 - <<EOF
+import ctypes
+libc = ctypes.CDLL(None)
+libc.getauxval.restype = ctypes.c_ulong
+hwcap, hwcap2 = libc.getauxval(16), libc.getauxval(26)  # AT_HWCAP, AT_HWCAP2
+bits = {"asimd": 1 << 1, "asimddp (dot product)": 1 << 20, "sve": 1 << 22}
+seen = [name for name, bit in bits.items() if hwcap & bit] + (["i8mm"] if hwcap2 & (1 << 13) else [])
+print("getauxval(AT_HWCAP) = %#x, AT_HWCAP2 = %#x: %s" % (hwcap, hwcap2, ", ".join(seen)))
+EOF
 grep -m1 "^Model" /proc/cpuinfo
+echo "\$ bash /bundle/install.sh"
 start=$(date +%s)
-[ -x /opt/edgekit/bin/python ] || python3 -m venv /opt/edgekit
-. /opt/edgekit/bin/activate
-pip install -q --disable-pip-version-check -r requirements.txt
-pip install -q --disable-pip-version-check --no-deps --force-reinstall wheels/*.whl
-echo "install: $(( $(date +%s) - start )) s (aarch64 wheels from PyPI, emulated)"
+bash /bundle/install.sh 2>&1 | grep -vE "^(Requirement already|Collecting|Downloading|Using cached|  )" | tail -25
+echo "install.sh: exit 0 in $(( $(date +%s) - start )) s (emulated; aarch64 wheels from PyPI)"
+. /opt/edgekit-venv/bin/activate
 pip list --format=freeze 2>/dev/null | grep -iE "^(edgekit|onnxruntime|numpy|opencv-python-headless|click)=="
 python -c "import torch" 2>/dev/null && { echo "torch is importable: the device install pulled it"; exit 1; } || echo "torch: not installed (as intended)"
-echo "\$ edgekit doctor models/model_int8.onnx"
-edgekit doctor models/model_int8.onnx --camera 99 || true
-rm -rf pi_out
-for m in models/*.onnx; do
+echo "\$ du -sm /opt/edgekit-venv: $(du -sm /opt/edgekit-venv | cut -f1) MB"
+mkdir -p /root/user && cd /root/user
+for m in /bundle/models/*.onnx; do
   n=$(basename "$m" .onnx)
-  echo "\$ edgekit run --model $m --source images --smooth none --hold 1   (200 Fashion-MNIST test images)"
-  edgekit run --model "$m" --source images --smooth none --hold 1 --no-save-video --out "pi_out/$n" 2>&1 | tail -3
+  if [ "$n" = model_int8 ]; then
+    echo "\$ OUT=pi_out/$n bash /bundle/run.sh /bundle/images --smooth none --hold 1   (the bundle run.sh, 200 images)"
+    OUT=pi_out/$n bash /bundle/run.sh /bundle/images --smooth none --hold 1 2>&1 | tail -2
+  else
+    echo "\$ edgekit run --model $m --source /bundle/images --smooth none --hold 1 --no-save-video"
+    edgekit run --model "$m" --source /bundle/images --smooth none --hold 1 --no-save-video --out "pi_out/$n" 2>&1 | tail -2
+  fi
 done
-echo "\$ edgekit run --model models/model_int8.onnx --source clip.avi   (48 frames of Megamind.avi)"
-edgekit run --model models/model_int8.onnx --source clip.avi --out pi_out/clip 2>&1 | tail -9
-echo "\$ edgekit bench models/*.onnx --min-runs 20 --min-seconds 2 --warmup 3"
-edgekit bench models/*.onnx --min-runs 20 --min-seconds 2 --warmup 3 --threads 2
-' 2>&1 | tee "$LOG"
-
-# 6. Labels on aarch64 vs x86: per frame, from the label events (no smoothing, so one event per change).
-python - "$BUNDLE" <<'EOF' 2>&1 | tee -a "$LOG"
+rm -rf /bundle/pi_out && cp -r pi_out /bundle/pi_out
+echo "\$ bash /bundle/run.sh ../../bundle/clip.avi   (a relative path, 48 frames of Megamind.avi)"
+OUT=clip_out bash /bundle/run.sh ../../bundle/clip.avi 2>&1 | tail -3
+' 2>&1 | tee -a "$log"
+  cleanup
+  # 6. Labels on aarch64 vs x86: per image, from the label events (no smoothing: one event per change).
+  python - "$bundle" <<'EOF' 2>&1 | tee -a "$log"
 import json, sys
 from pathlib import Path
 bundle = Path(sys.argv[1])
@@ -124,10 +150,10 @@ for host in sorted((bundle / "host_out").iterdir()):
     pi = bundle / "pi_out" / host.name
     a, b = labels(host), labels(pi)
     same = sum(x == y for x, y in zip(a, b))
-    need = len(a) if "int8" not in host.name else int(0.9 * len(a))  # INT8: rounding may flip a close call
-    ok &= len(a) == len(b) and same >= need
-    print(f"predictions {host.name}: aarch64 vs x86_64 labels equal on {same} of {len(a)} frames "
-          f"({'match' if same >= need else 'MISMATCH'}{', INT8 tolerance 90%' if 'int8' in host.name else ''})")
+    ok &= len(a) == len(b) == 200 and same == len(a)
+    print(f"labels {host.name}: aarch64 vs x86_64 equal on {same} of {len(a)} images")
 print("RESULT:", "PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)
 EOF
+done
+echo "pi_emulated.sh: ${boards[*]} in $(( $(date +%s) - started )) s"

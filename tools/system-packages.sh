@@ -5,11 +5,11 @@
 #   openssl      makes the self-signed certificate of the meeting TLS test
 # With --benchmarks also:
 #   dataset-fashion-mnist   the real Fashion-MNIST the accuracy benchmarks train on
-#   qemu-user-static, debootstrap   the emulated aarch64 (Raspberry Pi) run, benchmarks/pi_emulated.sh
+#   qemu-user-static, binfmt-support, debootstrap   the emulated aarch64 (Raspberry Pi) run, benchmarks/pi_emulated.sh
 # Runs apt-get as root, or through sudo when there is one. Other distributions: install the equivalents.
 set -euo pipefail
 packages=(chromium opencv-doc openssl)
-[[ "${1:-}" == "--benchmarks" ]] && packages+=(dataset-fashion-mnist qemu-user-static debootstrap)
+[[ "${1:-}" == "--benchmarks" ]] && packages+=(dataset-fashion-mnist qemu-user-static binfmt-support debootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
