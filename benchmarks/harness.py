@@ -313,7 +313,7 @@ def write_csv(result: dict, path: Path) -> None:
 
 def write_json(result: dict, path: Path) -> None:
     slim = {**result, "rows": [{k: v for k, v in r.items() if k != "predictions"} for r in result["rows"]]}
-    path.write_text(jsonio.dumps(slim, indent=2) + "\n")
+    jsonio.write(path, slim, indent=2)
 
 
 def plot(result: dict, path: Path) -> None:

@@ -88,7 +88,7 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
         if frames is not None:
             frames.close()
         rt.close()
-    (folder / "summary.json").write_text(jsonio.dumps(summary, indent=2, default=str) + "\n")
+    jsonio.write(folder / "summary.json", summary, indent=2, default=str)
     summary["written"] = [str(folder / name) for name in ("events.jsonl", "summary.json", "annotated.avi")
                           if name != "annotated.avi" or cfg.save_video]
     return summary

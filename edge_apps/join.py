@@ -150,4 +150,4 @@ def summary(client: MeetingClient, frames: int, sent: int, camera: bool, started
 
 
 def write_summary(out: Path, result: dict) -> None:
-    (out / "summary.json").write_text(jsonio.dumps(result, indent=2) + "\n")
+    jsonio.write(out / "summary.json", result, indent=2)

@@ -51,7 +51,7 @@ class JsonlEvents:
     """One JSON object per line; flushed per event, so an interrupted run loses nothing already written."""
 
     def __init__(self, path: Path):
-        self.path = path
+        self.path, self.failed = path, False
         try:
             self.file = open(path, "w", encoding="utf-8")
         except OSError as exc:
@@ -62,6 +62,7 @@ class JsonlEvents:
             self.file.write(jsonio.dumps(event) + "\n")
             self.file.flush()
         except OSError as exc:  # a full disk: one clean error; the pipeline still closes its sinks in order
+            self.failed = True
             raise BadInputError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def close(self) -> None:
@@ -69,6 +70,8 @@ class JsonlEvents:
             self.file.close()
         except OSError:
             pass  # the write that failed already raised its error; closing must not hide it
+        if self.failed and self.path.stat().st_size == 0:
+            self.path.unlink()  # nothing was ever written: no empty file that looks like a run without events
 
 
 class VideoSink:

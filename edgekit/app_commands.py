@@ -127,7 +127,7 @@ def serve(host: str, port: int, http: str, viewer_token: str | None, token: str,
         click.echo("stopped", err=True)
     status = server.status()
     if json_path:
-        Path(json_path).write_text(jsonio.dumps(status, indent=2) + "\n")
+        jsonio.write(json_path, status, indent=2)
     lat = status["latency_ms"]
     click.echo(f"{server.grids} grids, {server.joins_and_leaves} joins/leaves, {server.rejected} connections refused"
                + (f", frame-to-grid p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms" if lat else ""))
@@ -251,6 +251,6 @@ def doctor(model: str | None, runtime: str | None, camera: int, json_path: str |
     checks = run_checks(model, runtime, camera)
     click.echo(format_checks(checks))
     if json_path:
-        Path(json_path).write_text(jsonio.dumps(to_json(checks), indent=2) + "\n")
+        jsonio.write(json_path, to_json(checks), indent=2)
     if any(c.status == "fail" for c in checks):
         raise click.exceptions.Exit(1)

@@ -91,7 +91,7 @@ def quantize(checkpoint: str, json_path: str | None, **options) -> None:
     result = quantize_checkpoint(QuantizeConfig(checkpoint=checkpoint, keep_float=keep, **options))
     click.echo(format_comparison(result))
     if json_path:
-        Path(json_path).write_text(jsonio.dumps(result, indent=2, default=str) + "\n")
+        jsonio.write(json_path, result, indent=2, default=str)
     click.echo(f"INT8 checkpoint: {result['int8']['path']}")
     if result.get("gate_problems"):
         click.echo("INT8 misses the gate that export and verify apply: " + "; ".join(result["gate_problems"])
@@ -238,8 +238,8 @@ def verify(models: tuple[str, ...], reference: str, data: str | None, images: in
     rows, table = run_verify([Path(m) for m in models], Path(reference), data, images, seed)
     click.echo(table)
     if json_path:
-        Path(json_path).write_text(jsonio.dumps([
+        jsonio.write(json_path, [
             {k: getattr(r, k) for k in ("name", "precision", "max_abs", "mean_abs", "agreement", "top5", "accuracy",
-                                        "delta_pp", "status")} for r in rows], indent=2) + "\n")
+                                        "delta_pp", "status")} for r in rows], indent=2)
     if failures(rows):
         raise VerificationFailed("a tolerance is broken (see the status column)")

@@ -35,6 +35,12 @@ class EdgekitGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a write or read the library did not expect to fail: a full disk, a vanished folder
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error:{where}: {exc.strerror or exc}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgekit.core import checks
-from edgekit.core.errors import BadInputError, UnknownNameError
+from edgekit.core.errors import BadInputError, UnknownNameError, writing
 from edgekit.core.artifacts import OWNER_FILE, STAGE_PREFIX, Artifact, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -336,11 +336,13 @@ def export(cfg: ExportConfig) -> ExportResult:
         checks.writable_file("--debug-layers", cfg.debug_layers)
     remove_stale_stages(out)
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out))
-    (stage / OWNER_FILE).write_text(str(os.getpid()))
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
-    (work / OWNER_FILE).write_text(str(os.getpid()))
+    work = None
     result = ExportResult()
     try:
+        with writing(stage / OWNER_FILE):  # a full disk fails here already, inside the cleanup below
+            (stage / OWNER_FILE).write_text(str(os.getpid()))
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+        (work / OWNER_FILE).write_text(str(os.getpid()))
         job = ExportJob(cfg, stage, work)
         for name in cfg.formats:
             job.clock = time.perf_counter()
@@ -365,7 +367,8 @@ def export(cfg: ExportConfig) -> ExportResult:
                                 f"({artifact.size_bytes / 1e6:.1f} MB)")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     return result
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.core import checks
-from edgekit.core.errors import BadInputError, require
+from edgekit.core.errors import BadInputError, require, writing
 from edgekit.core.spec import COLORS, RESIZE_MODES, ModelSpec, sha256_file
 
 log = logging.getLogger(__name__)
@@ -284,8 +284,13 @@ def _import_onnx(cfg: ImportConfig, path: Path) -> tuple[Path, ModelSpec]:
     precision = "int8" if any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node) else "fp32"
     spec = spec.replace(precision=precision)
     set_metadata(proto, spec)
-    onnx.save(proto, str(tmp))
-    shutil.move(tmp, target)
+    try:
+        with writing(target):
+            onnx.save(proto, str(tmp))
+            shutil.move(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     write_sidecar(target, spec, {"format": "onnx", "precision": precision, "imported": {"source": str(path),
                                                                                     "sha256": sha256_file(path)}})
     log.info("imported %s as %s (%d labels, %dx%d %s, resize %s)", path, target, len(labels), height, width, layout,

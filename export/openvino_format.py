@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from edgekit.core.artifacts import METADATA_KEY, RT_INFO_PATH, rt_info_spec
-from edgekit.core.errors import require
+from edgekit.core.errors import require, writing
 from edgekit.core.spec import ModelSpec
 
 
@@ -35,7 +35,8 @@ def _save(model, spec: ModelSpec, xml_path: Path, fp16: bool) -> list[Path]:
         del rt_info["framework"]
     share_identical_constants(model)
     model.set_rt_info(spec.to_json(), RT_INFO_PATH)
-    ov.save_model(model, str(xml_path), compress_to_fp16=fp16)
+    with writing(xml_path):
+        ov.save_model(model, str(xml_path), compress_to_fp16=fp16)
     return [xml_path, xml_path.with_suffix(".bin")]
 
 

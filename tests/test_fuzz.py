@@ -274,3 +274,67 @@ def test_interrupted_commands_leave_nothing_that_looks_finished(name, args, sign
         # nothing that a later command would take for a finished result
         finished = [p for p in listing(out) if p.suffix in (".pt", ".onnx", ".xml", ".bin")]
         assert not finished, f"{name}: {finished}"
+
+
+@pytest.fixture(scope="module")
+def full_disk(tmp_path_factory):
+    """A 256 KB tmpfs filled to the last byte: every write into it fails with ENOSPC, as on a full SD card.
+    Mounting needs root; elsewhere the full-disk cases are skipped with that reason."""
+    import shutil
+
+    mount = tmp_path_factory.mktemp("full")
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("full-disk cases need root to mount a small tmpfs")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        (mount / "out").mkdir()  # an output folder that exists, on a disk with no room left
+        with open(mount / "filler", "wb", buffering=0) as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 4096)
+            except OSError:
+                pass
+        yield mount / "out"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+FULL_DISK = [
+    ("run", ["run", "--model", "{onnx}", "--source", "{clip}", "--out", "{full}"]),
+    ("run-no-video", ["run", "--model", "{onnx}", "--source", "{clip}", "--no-save-video", "--out", "{full}"]),
+    ("train", ["train", "--data", "{data}", "--weights", "none", "--epochs", "1", "--limit", "64", "--out", "{full}"]),
+    ("export", ["export", "{ckpt}", "--format", "onnx", "--out", "{full}"]),
+    ("export-openvino", ["export", "{ckpt}", "--format", "openvino", "--out", "{full}"]),
+    ("quantize", ["quantize", "{ckpt}", "--data", "{data}", "--calib-batches", "2", "--out", "{full}/q.pt"]),
+    ("bench-json", ["bench", "{onnx}", "--min-runs", "1", "--min-seconds", "0", "--json", "{full}/b.json"]),
+    ("verify-json", ["verify", "{onnx}", "--reference", "{ckpt}", "--data", "{data}", "--images", "8",
+                     "--json", "{full}/v.json"]),
+    ("doctor-json", ["doctor", "--json", "{full}/d.json"]),
+    ("import", ["import", "{onnx}", "--labels", "{labels}", "--out", "{full}"]),
+    ("join", ["join", "--server", "127.0.0.1:9", "--name", "x", "--model", "{onnx}", "--source", "{clip}",
+              "--duration", "2", "--out", "{full}"]),
+]
+
+
+@pytest.mark.parametrize("name, args", FULL_DISK, ids=[c[0] for c in FULL_DISK])
+def test_a_full_disk_ends_in_one_clean_line(name, args, corpus, full_disk):
+    import shutil
+
+    files = {**corpus, "full": full_disk}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgekit", *fill(tuple(args), files, full_disk)],
+                              capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "EDGEKIT_OFFLINE": "1"})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{name}: no exit within 240 s on a full disk (a hang)")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode in (1, 2), f"{name}: exit {proc.returncode}\n{output[-2000:]}"
+    assert "Traceback" not in output, f"{name}: traceback\n{output[-3000:]}"
+    assert proc.stderr.strip().splitlines()[-1].startswith("error:"), output[-1500:]
+    leftovers = sorted(full_disk.rglob("*"))  # the folder starts empty; a failed command leaves it so
+    for path in leftovers:  # the next case starts from an empty folder again
+        (shutil.rmtree if path.is_dir() else Path.unlink)(path)
+    assert not leftovers, f"{name}: left {leftovers}"

@@ -302,7 +302,7 @@ def train(cfg: TrainConfig) -> dict:
     report.update(train_seconds=train_seconds, skipped_images=len(table.skipped), config=asdict(cfg))
     model_info = {"arch": cfg.model, "head": asdict(HeadConfig(cfg.dropout, cfg.hidden))}
     path = save_checkpoint(out / "model.pt", Checkpoint(spec, model_info, model.state_dict(), history, report))
-    (out / "metrics.json").write_text(jsonio.dumps(report, indent=2) + "\n")
+    jsonio.write(out / "metrics.json", report, indent=2)
     plot_curves(history, out / "curves.png")
     table_text = "\n".join([format_report(report), *(f"warning: {w}" for w in report["warnings"])])
     return {"checkpoint": path, "report": report, "table": table_text, "history": history}

@@ -68,3 +68,41 @@ def require(module: str, extra: str, purpose: str = ""):
         if exc.name and exc.name.split(".")[0] == module.split(".")[0]:
             raise MissingExtraError(module.split(".")[0], extra, purpose) from exc
         raise
+
+
+class WriteError(EdgekitError):
+    """A file could not be written: a full disk, a read-only folder, a quota."""
+
+    exit_code = 1
+
+
+def write_failure(path, exc: BaseException) -> WriteError:
+    """One line for a failed write. Frameworks report a full disk in their own words (torch and OpenVINO:
+    "basic_ios::clear: iostream error"), so the free space of the folder is checked and named."""
+    import os
+    import shutil
+
+    folder = os.path.dirname(os.path.abspath(str(path))) or "."
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if free is not None and free < 1 << 20:
+        reason = f"no space left on the device ({free // 1024} KB free in {folder})"
+    return WriteError(f"cannot write {path}: {reason}")
+
+
+class writing:  # noqa: N801  (used as a context manager: `with writing(path):`)
+    """Turn OSError and the frameworks' RuntimeError from a write into a :class:`WriteError` naming ``path``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is not None and isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, EdgekitError):
+            raise write_failure(self.path, exc) from exc
+        return False

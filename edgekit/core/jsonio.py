@@ -25,3 +25,32 @@ def finite(obj: Any) -> Any:
 def dumps(obj: Any, **options) -> str:
     """json.dumps with non-finite numbers as null and NaN tokens refused."""
     return json.dumps(finite(obj), allow_nan=False, **options)
+
+
+def write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: a full disk or a
+    crash leaves the old file (or none), never an empty or half-written one. Errors are one-line WriteErrors."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from edgekit.core.errors import writing
+
+    path = Path(path)
+    tmp = None
+    try:
+        with writing(path):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+            tmp = None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write(path, obj: Any, **options) -> None:
+    """Strict JSON of ``obj`` (see :func:`dumps`) written with :func:`write_text`, ending in a newline."""
+    write_text(path, dumps(obj, **options) + "\n")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.core.errors import BadInputError
+from edgekit.core.errors import BadInputError, writing
 from edgekit.core.spec import ModelSpec
 
 CHECKPOINT_FORMAT = "edgekit-checkpoint/1"
@@ -64,9 +64,10 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     payload = {"format": CHECKPOINT_FORMAT, "spec": ckpt.spec.to_dict(), "model": ckpt.model,
                "state_dict": ckpt.state_dict, "history": ckpt.history, "metrics": ckpt.metrics}
     try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is as readable as any file the user writes
-        os.replace(tmp, path)
+        with writing(path):
+            torch.save(payload, tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; as readable as any file the user writes
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
