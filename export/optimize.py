@@ -178,7 +178,8 @@ def optimize(cfg: OptimizeConfig, progress=lambda line: None) -> tuple[list[Cand
                 candidate.error = str(exc)
             results.append(candidate)
             progress(format_row(candidate))
-        fitting = [c for c in results if c.within]
+        # A candidate slower than FP32 on its own runtime (FP16 on a CPU without FP16 arithmetic) is no win.
+        fitting = [c for c in results if c.within and (c.speedup or 0) > 1.0]
         winner = min(fitting, key=lambda c: c.p50_ms) if fitting else None
         if winner is not None:
             target = out / winner.path.name
@@ -219,7 +220,8 @@ def format_table(results: list[Candidate], winner: Candidate | None, fp32: dict,
     lines += [format_row(c) for c in results]
     budget = "accuracy drop" if fp32["accuracy"] is not None else "1 - agreement"
     if winner is None:
-        lines.append(f"no candidate within --max-drop {cfg.max_drop} ({budget}); nothing written")
+        lines.append(f"no candidate faster than FP32 within --max-drop {cfg.max_drop} ({budget}); nothing written "
+                     "(keep the FP32 model, or allow a larger drop)")
     else:
         lines.append(f"fastest within --max-drop {cfg.max_drop} ({budget}): {winner.name}, "
                      f"{winner.speedup:.2f}x the FP32 speed on {winner.runtime} -> {winner.path}")
