@@ -137,11 +137,11 @@ def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path, viewers: li
                     next_try = now + backoff
         return summary(client, frames, sent, camera, started)
     finally:
-        if client.grid:
-            (out / "grid.jpg").write_bytes(client.grid)
         if source is not None:
             source.close()
         client.close()
+        if client.grid:  # after the threads are stopped: a failed write must not skip their shutdown
+            jsonio.write_bytes(out / "grid.jpg", client.grid)
 
 
 def summary(client: MeetingClient, frames: int, sent: int, camera: bool, started: float) -> dict:

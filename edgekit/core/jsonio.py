@@ -1,4 +1,4 @@
-"""Strict JSON out: every file edgekit writes parses with any JSON reader.
+"""Strict JSON out: every file edgekit writes parses with any JSON reader; and whole-or-nothing file writes.
 
 Python's json module writes NaN and Infinity as bare tokens that strict parsers (JavaScript's JSON.parse,
 Go, jq in strict mode) reject. edgekit writes a non-finite number as null instead (a metric that is
@@ -30,6 +30,11 @@ def dumps(obj: Any, **options) -> str:
 def write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: a full disk or a
     crash leaves the old file (or none), never an empty or half-written one. Errors are one-line WriteErrors."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path, data: bytes) -> None:
+    """:func:`write_text` for bytes (an image, a grid snapshot)."""
     import os
     import tempfile
     from pathlib import Path
@@ -41,8 +46,8 @@ def write_text(path, text: str) -> None:
     try:
         with writing(path):
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
             tmp = None
