@@ -124,31 +124,29 @@ def layer_errors(float_path: Path, qdq_path: Path, images: Iterable[np.ndarray],
                                      providers=["CPUExecutionProvider"])
     q_names = [o.name for o in q_session.get_outputs()]
     f_names = [o.name for o in f_session.get_outputs()]
-    sums: dict[str, list[float]] = {}  # name -> [signal, qdq noise, accumulated noise]
 
-    def add(key: str, index: int, signal: np.ndarray, noisy: np.ndarray) -> None:
-        acc = sums.setdefault(key, [0.0, 0.0, 0.0])
-        if index == 1:
-            acc[0] += float(np.sum(signal.astype(np.float64) ** 2))
-        acc[index] += float(np.sum((signal.astype(np.float64) - noisy.astype(np.float64)) ** 2))
+    def energy(a: np.ndarray, b: np.ndarray | None = None) -> float:
+        a = a.astype(np.float64)
+        return float(np.sum(a ** 2 if b is None else (a - b.astype(np.float64)) ** 2))
 
+    signal: dict[str, float] = {}  # energy of X in the FP32 model (the INT8 model's float X where FP32 lacks it)
+    own: dict[str, float] = {}  # this quantizer's noise: X against its dequantized copy
+    accumulated: dict[str, float] = {}  # X in the INT8 model against X in the FP32 model
     for batch in images:
         q_out = dict(zip(q_names, q_session.run(q_names, {input_name: batch})))
         f_out = dict(zip(f_names, f_session.run(f_names, {input_name: batch})))
         for x, dq, _ in pairs:
-            add(x, 1, q_out[x], q_out[dq])
+            signal[x] = signal.get(x, 0.0) + energy(f_out.get(x, q_out[x]))
+            own[x] = own.get(x, 0.0) + energy(q_out[x], q_out[dq])
             if x in f_out:
-                acc = sums.setdefault(x, [0.0, 0.0, 0.0])
-                acc[2] += float(np.sum((f_out[x].astype(np.float64) - q_out[x].astype(np.float64)) ** 2))
+                accumulated[x] = accumulated.get(x, 0.0) + energy(f_out[x], q_out[x])
 
-    def db(signal: float, noise: float) -> float:
-        return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
+    def db(power: float, noise: float) -> float:
+        return float("inf") if noise == 0 else 10.0 * np.log10(max(power, 1e-30) / noise)
 
-    rows = []
-    for x, _, consumer in pairs:
-        signal, qdq_noise, acc_noise = sums[x]
-        rows.append({"kind": "activation", "tensor": x, "consumer": consumer, "qdq_sqnr_db": db(signal, qdq_noise),
-                     "accumulated_sqnr_db": db(signal, acc_noise) if x in float_tensors else None})
+    rows = [{"kind": "activation", "tensor": x, "consumer": consumer, "qdq_sqnr_db": db(signal[x], own[x]),
+             "accumulated_sqnr_db": db(signal[x], accumulated[x]) if x in accumulated else None}
+            for x, _, consumer in pairs]
     rows += _weight_rows(qdq_model, float_model)
     order = {node.name: i for i, node in enumerate(qdq_model.graph.node)}
     rows.sort(key=lambda r: (order.get(r["consumer"], len(order)), r["kind"]))
@@ -158,13 +156,19 @@ def layer_errors(float_path: Path, qdq_path: Path, images: Iterable[np.ndarray],
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    """CSV with FIELDS; decibels rounded to 0.01, empty where not measured."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: ("" if row[key] is None else round(row[key], 2) if isinstance(row[key], float)
-                                   else row[key]) for key in FIELDS})
+    """CSV with FIELDS; decibels rounded to 0.01, empty where not measured; written whole or not at all."""
+    import io
+
+    from edgekit.core import jsonio
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=FIELDS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: ("" if row[key] is None else round(row[key], 2) if isinstance(row[key], float)
+                               else row[key]) for key in FIELDS})
+    jsonio.write_text(path, text.getvalue())
+
 
 
 def bypass_sensitivity(float_path: Path, qdq_path: Path, images: list[np.ndarray], input_name: str) -> list[dict]:
