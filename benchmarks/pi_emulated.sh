@@ -129,6 +129,15 @@ done
 rm -rf /bundle/pi_out && cp -r pi_out /bundle/pi_out
 echo "\$ bash /bundle/run.sh ../../bundle/clip.avi   (a relative path, 48 frames of Megamind.avi)"
 OUT=clip_out bash /bundle/run.sh ../../bundle/clip.avi 2>&1 | tail -3
+if [ "$QEMU_CPU" = cortex-a72 ]; then  # the smaller install: numpy and OpenCV from Debian
+  echo "\$ SYSTEM_PACKAGES=1 VENV=/opt/edgekit-sys bash /bundle/install.sh   (numpy, OpenCV from apt)"
+  before=$(dpkg-query -W -f="\${Installed-Size}\n" | awk "{s+=\$1} END {print s}")
+  SYSTEM_PACKAGES=1 VENV=/opt/edgekit-sys bash /bundle/install.sh 2>&1 | grep -E "^(OK|WARN|INFO|FAIL) "
+  after=$(dpkg-query -W -f="\${Installed-Size}\n" | awk "{s+=\$1} END {print s}")
+  echo "system-packages mode: venv $(du -sm /opt/edgekit-sys | cut -f1) MB, plus $(( (after - before) / 1024 )) MB of Debian packages (python3-numpy, python3-opencv and what they pull)"
+  VENV=/opt/edgekit-sys OUT=sys_out/model_int8 bash /bundle/run.sh /bundle/images --smooth none --hold 1 2>&1 | tail -1
+  rm -rf /bundle/sys_out && cp -r sys_out /bundle/sys_out
+fi
 ' 2>&1 | tee -a "$log"
   cleanup
   # 6. Labels on aarch64 vs x86: per image, from the label events (no smoothing: one event per change).
@@ -146,12 +155,16 @@ def labels(folder):
         out.append(current)
     return out
 ok = True
-for host in sorted((bundle / "host_out").iterdir()):
-    pi = bundle / "pi_out" / host.name
-    a, b = labels(host), labels(pi)
-    same = sum(x == y for x, y in zip(a, b))
-    ok &= len(a) == len(b) == 200 and same == len(a)
-    print(f"labels {host.name}: aarch64 vs x86_64 equal on {same} of {len(a)} images")
+for mode in ("pi_out", "sys_out"):
+    for host in sorted((bundle / "host_out").iterdir()):
+        pi = bundle / mode / host.name
+        if mode == "sys_out" and not pi.is_dir():
+            continue
+        a, b = labels(host), labels(pi)
+        same = sum(x == y for x, y in zip(a, b))
+        ok &= len(a) == len(b) == 200 and same == len(a)
+        what = " (system-packages install)" if mode == "sys_out" else ""
+        print(f"labels {host.name}{what}: aarch64 vs x86_64 equal on {same} of {len(a)} images")
 print("RESULT:", "PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)
 EOF

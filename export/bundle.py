@@ -56,12 +56,25 @@ def build_wheel(out: Path) -> Path:
 INSTALL = """#!/usr/bin/env bash
 # Install the device environment: a venv with onnxruntime, numpy, OpenCV and edgekit; no torch.
 # Running it again (after copying an updated bundle) replaces edgekit with this bundle's wheel.
+# SYSTEM_PACKAGES=1 bash install.sh: numpy and OpenCV from apt instead of PyPI (a smaller venv).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 VENV=${VENV:-$HOME/edgekit-venv}
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-. "$VENV/bin/activate"
-pip install -r "$HERE/requirements.txt"
+if [ "${SYSTEM_PACKAGES:-0}" = 1 ]; then
+  # numpy and OpenCV from the distribution (python3-numpy, python3-opencv): they share the system's FFmpeg
+  # and BLAS, the common way on a Pi; the venv then holds onnxruntime, click, tqdm and edgekit only.
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q python3-numpy python3-opencv
+  [ -x "$VENV/bin/python" ] || python3 -m venv --system-site-packages "$VENV"
+  . "$VENV/bin/activate"
+  grep -vE "^(numpy|opencv-python-headless)==" "$HERE/requirements.txt" > "$VENV/edgekit-requirements.txt"
+  pip install -r "$VENV/edgekit-requirements.txt"
+else
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  . "$VENV/bin/activate"
+  pip install -r "$HERE/requirements.txt"
+fi
 pip install --no-deps --force-reinstall "$HERE"/wheels/edgekit-*.whl
 edgekit doctor "$HERE/models/%(model)s"
 """
@@ -89,7 +102,10 @@ Models: %(models)s (labels and preprocessing are in each `.edgekit.json`).
 2. On the Pi: `bash %(name)s/install.sh` (a venv in ~/edgekit-venv from `requirements.txt`: onnxruntime,
    numpy, opencv-python-headless, click, tqdm at the versions tested; aarch64 wheels from PyPI; no torch).
    It ends with `edgekit doctor`, which checks the OS is 64-bit, the CPU's INT8 support, the camera and
-   that the model loads and runs.
+   that the model loads and runs. `SYSTEM_PACKAGES=1 bash %(name)s/install.sh` takes numpy and OpenCV from
+   the distribution (`python3-numpy`, `python3-opencv`, with sudo) instead: a smaller venv, and the system's
+   own FFmpeg and BLAS. Picamera2 (`python3-picamera2`) is also a system package: use this mode for
+   `--source picamera2`.
 3. `bash %(name)s/run.sh` (camera 0) or `bash %(name)s/run.sh video.mp4`; open http://raspberrypi.local:8080/.
    Events and the summary go to `./edgekit-run/`; `RECORD=1 bash %(name)s/run.sh` also writes the annotated
    video (off by default: about 3 GB per hour on the SD card). Re-running `install.sh` after copying a newer
