@@ -303,7 +303,11 @@ def test_join_without_server_or_camera_keeps_working(binary_models, tmp_path):
                               stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        me = wait_until(lambda: participants(http).get("late") if server.poll() is None else None, timeout=30)
+        def labelled():  # joined, and past the "waiting" it shows until its first tile arrives
+            me = participants(http).get("late") if server.poll() is None else None
+            return me if me and me["label"] != "waiting" else None
+
+        me = wait_until(labelled, timeout=30)
         assert me["label"] == "not attentive" and me["score"] == 0.0
         grid = wait_until(lambda: get(f"http://127.0.0.1:{view}/frame.jpg").read(),
                           timeout=10)
