@@ -36,15 +36,13 @@ def sqnr_db(reference: np.ndarray, noisy: np.ndarray) -> float:
     return 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
-def _pairs(model) -> tuple[list[tuple[str, str, str]], dict]:
-    """(float tensor, dequantized tensor, consumer node) for every activation Q->DQ pair, and the
-    initializers by name."""
+def _pairs(model) -> list[tuple[str, str, str]]:
+    """(float tensor, dequantized tensor, consumer node) for every activation Q->DQ pair."""
+    from edgekit.export.onnx_format import consumers_by_input
+
     inits = {t.name: t for t in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_by_input(model.graph)
     pairs = []
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] in inits:
@@ -54,19 +52,18 @@ def _pairs(model) -> tuple[list[tuple[str, str, str]], dict]:
             continue
         users = consumers.get(node.output[0], [])
         pairs.append((quant.input[0], node.output[0], users[0].name if users else ""))
-    return pairs, inits
+    return pairs
 
 
 def _weight_rows(qdq_model, float_model) -> list[dict]:
     from onnx import numpy_helper
 
+    from edgekit.export.onnx_format import consumers_by_input
+
     pairs_inits = {t.name: t for t in qdq_model.graph.initializer}
     float_nodes = {node.name: node for node in float_model.graph.node}
     float_inits = {t.name: numpy_helper.to_array(t) for t in float_model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in qdq_model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_by_input(qdq_model.graph)
     rows = []
     for node in qdq_model.graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in pairs_inits:
@@ -112,7 +109,7 @@ def layer_errors(float_path: Path, qdq_path: Path, images: Iterable[np.ndarray],
     onnx = require("onnx", "export", "INT8 layer debugging")
     ort = require("onnxruntime", "onnx", "INT8 layer debugging")
     qdq_model, float_model = onnx.load(str(qdq_path)), onnx.load(str(float_path))
-    pairs, _ = _pairs(qdq_model)
+    pairs = _pairs(qdq_model)
     float_tensors = {n for node in float_model.graph.node for n in node.output} | {i.name for i in float_model.graph.input}
     wanted_q = [name for pair in pairs for name in pair[:2]]
     wanted_f = sorted({x for x, _, _ in pairs if x in float_tensors})
@@ -178,7 +175,7 @@ def bypass_sensitivity(float_path: Path, qdq_path: Path, images: list[np.ndarray
     onnx = require("onnx", "export", "INT8 layer debugging")
     ort = require("onnxruntime", "onnx", "INT8 layer debugging")
     qdq_model = onnx.load(str(qdq_path))
-    pairs, _ = _pairs(qdq_model)
+    pairs = _pairs(qdq_model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 

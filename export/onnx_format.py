@@ -295,6 +295,15 @@ def grouped_convolutions(graph) -> list[str]:
             and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
 
+def consumers_by_input(graph) -> dict[str, list]:
+    """Tensor name -> the nodes that read it, in graph order."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
 def activations_to_u8(model) -> int:
     """Rewrite every signed INT8 activation Q/DQ pair as UINT8 with its zero point shifted by 128: the same
     quantization grid (``(q - zp) * scale`` over 256 levels), bit-identical results when simulated, but
@@ -307,10 +316,7 @@ def activations_to_u8(model) -> int:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_by_input(graph)
     types = {vi.name: vi for vi in graph.value_info}
     changed = 0
     for node in list(graph.node):

@@ -4,6 +4,7 @@ Everything is 32x32 or smaller so the whole suite runs in minutes on two CPU cor
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import struct
 import subprocess
@@ -50,6 +51,36 @@ def default_sigint() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def full_disk_folder(mount: Path, size: str):
+    """Yield (folder, reason): an empty folder on a tmpfs of ``size`` filled to the last byte, where every
+    write fails with ENOSPC as on a full SD card; or (None, why not) where a tmpfs cannot be mounted (it
+    needs root). Unmounted afterwards."""
+    import os
+    import shutil
+
+    mount.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        yield None, "mounting a tmpfs needs root"
+        return
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        yield None, f"cannot mount a tmpfs here: {proc.stderr.strip()}"
+        return
+    try:
+        (mount / "out").mkdir()  # an output folder that exists, on a disk with no room left
+        with open(mount / "filler", "wb", buffering=0) as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 4096)
+            except OSError:
+                pass
+        yield mount / "out", ""
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -278,28 +278,14 @@ def test_interrupted_commands_leave_nothing_that_looks_finished(name, args, sign
 
 @pytest.fixture(scope="module")
 def full_disk(tmp_path_factory):
-    """A 256 KB tmpfs filled to the last byte: every write into it fails with ENOSPC, as on a full SD card.
-    Mounting needs root; elsewhere the full-disk cases are skipped with that reason."""
-    import shutil
+    """A 256 KB tmpfs filled to the last byte (conftest.full_disk_folder); skipped with the reason where it
+    cannot be mounted."""
+    from conftest import full_disk_folder
 
-    mount = tmp_path_factory.mktemp("full")
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("full-disk cases need root to mount a small tmpfs")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        (mount / "out").mkdir()  # an output folder that exists, on a disk with no room left
-        with open(mount / "filler", "wb", buffering=0) as filler:
-            try:
-                while True:
-                    filler.write(b"\0" * 4096)
-            except OSError:
-                pass
-        yield mount / "out"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    with full_disk_folder(tmp_path_factory.mktemp("full"), "256k") as (folder, reason):
+        if folder is None:
+            pytest.skip(f"full-disk cases not run: {reason}")
+        yield folder
 
 
 FULL_DISK = [

@@ -368,24 +368,11 @@ def test_join_with_duration_and_loop_ends_cleanly_twenty_times_in_a_row(binary_m
 
 @pytest.fixture
 def full_meeting_disk(tmp_path):
-    """A filled 64 KB tmpfs for the full-disk join (root only; None elsewhere, and the test says so)."""
-    import os
+    """A filled 64 KB tmpfs for the full-disk join (conftest.full_disk_folder); None where it cannot be
+    mounted, and the test says so."""
+    from conftest import full_disk_folder
 
-    mount = tmp_path / "full"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        print("full-disk join not run: mounting a tmpfs needs root")
-        yield None
-        return
-    try:
-        (mount / "out").mkdir()
-        with open(mount / "filler", "wb", buffering=0) as filler:
-            try:
-                while True:
-                    filler.write(b"\0" * 4096)
-            except OSError:
-                pass
-        yield mount / "out"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    with full_disk_folder(tmp_path / "full", "64k") as (folder, reason):
+        if folder is None:
+            print(f"full-disk join not run: {reason}")
+        yield folder
