@@ -83,6 +83,43 @@ def test_int8_checkpoint_is_small_close_and_reloads_identically(quantized):
     np.testing.assert_array_equal(run_model(load_model(ckpt), [x]), run_model(load_model(ckpt), [x]))
 
 
+def test_qnnpack_int8_conv_relu6_blocks_match_fp32_as_closely_as_x86(trained, mini_data, tmp_path):
+    """qnnpack (the Raspberry Pi's engine) once scrambled every Conv -> ReLU6 output (torch's qnnpack clamp
+    writes a channels-last input into a default-layout output); edgekit routes ReLU6 around it. Checked on the
+    first two blocks of MobileNetV2 (a 1-epoch model's logits hardly depend on its input, so the end of the
+    network would not show it), then through quantize -> save -> load."""
+    from edgekit.core.data import load_table
+    from edgekit.core.spec import preprocess
+    from edgekit.models.loading import convert_static, prepare_static
+    from edgekit.training.quantize import QuantizeConfig, quantize_checkpoint
+
+    before = torch.backends.quantized.engine
+    table = load_table(mini_data)
+    ckpt = load_checkpoint(trained["checkpoint"])
+    batch = torch.from_numpy(np.stack([preprocess(table.image(i), ckpt.spec, table.color)
+                                       for i in table.indices("test")[:64]]))
+    blocks = torch.nn.Sequential(*list(load_model(ckpt).features)[:2]).eval()
+    errors = {}
+    try:
+        with torch.inference_mode():
+            reference = blocks(batch)
+            for engine in ("x86", "qnnpack"):
+                prepared = prepare_static(blocks, ckpt.spec, engine)
+                prepared(batch)
+                out = convert_static(prepared)(batch)
+                errors[engine] = float((out - reference).abs().mean() / reference.abs().mean())
+        result = quantize_checkpoint(QuantizeConfig(checkpoint=str(trained["checkpoint"]), data=str(mini_data),
+                                                    engine="qnnpack", calib_batches=2, batch_size=16,
+                                                    limit_test=16, out=str(tmp_path / "qnnpack.pt")))
+        reloaded = load_checkpoint(result["int8"]["path"])
+        assert reloaded.spec.quantization["engine"] == "qnnpack"
+        assert "relu6_any_layout" in load_model(reloaded).code
+    finally:
+        torch.backends.quantized.engine = before
+    assert errors["qnnpack"] < 0.1, errors
+    assert errors["qnnpack"] < 2 * errors["x86"] + 0.02, errors
+
+
 def test_dynamic_quantization_swaps_linear_layers(trained):
     import torch.ao.nn.quantized.dynamic as nnqd
 
