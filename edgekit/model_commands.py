@@ -81,3 +81,38 @@ def optimize(checkpoint: str, eval_data: str, runtimes: str, **options) -> None:
     click.echo(format_table(results, winner, fp32, cfg))
     if winner is None:
         raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data", required=True, help="The labelled data the model was trained on: its test split measures, "
+              "its train split fine-tunes.")
+@click.option("--method", type=click.Choice(["channel", "l1-unstructured"]), default="channel", show_default=True,
+              help="channel: remove whole output channels (smaller and faster network). l1-unstructured: zero the "
+              "smallest weights (same dense size and speed; smaller compressed).")
+@click.option("--ratios", default="0.1,0.3,0.5,0.7", show_default=True,
+              help="Comma-separated pruning ratios: share of channels per layer group, or of all weights.")
+@click.option("--finetune-epochs", default=0, show_default=True, help="Fine-tune each pruned model this many "
+              "epochs (0: measure the pruned model only).")
+@click.option("--lr", default=1e-3, show_default=True, help="Fine-tuning learning rate (Adam, cosine decay).")
+@click.option("--protect", default="", help="Comma-separated module names whose channels/weights stay "
+              "(the classifier's outputs always stay).")
+@click.option("--batch", "batch_size", default=64, show_default=True)
+@click.option("--out", default="runs/prune", show_default=True, help="Output folder: one checkpoint per ratio, "
+              "prune.json, prune.png.")
+@click.option("--limit-train", default=0, show_default=True, help="Fine-tune on at most N train images (0 = all).")
+@click.option("--limit-test", default=0, show_default=True, help="Measure on at most N test images (0 = all).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True)
+def prune(checkpoint: str, ratios: str, protect: str, **options) -> None:
+    """Prune a checkpoint at several ratios, before and after fine-tuning; prints accuracy, parameters, MACs,
+    sparsity, file and gzip size and latency per ratio, and writes each pruned checkpoint (every other command
+    -- quantize, export, verify, bench, run -- takes them like any checkpoint)."""
+    need_torch()
+    from edgekit.training.prune import PruneConfig, format_sweep, prune_sweep
+
+    parsed = _floats("--ratios", ratios) or ()
+    names = tuple(p.strip() for p in protect.split(",") if p.strip())
+    result = prune_sweep(PruneConfig(checkpoint=checkpoint, ratios=parsed, protect=names, **options))
+    click.echo(format_sweep(result))
+    click.echo(f"wrote {options['out']}/prune.json, {result['plot']} and one checkpoint per ratio under {options['out']}")

@@ -43,10 +43,17 @@ def quiet_torch_ao():
 
 
 def float_model(ckpt: Checkpoint):
-    """The float module of a checkpoint's architecture with its head, weights not loaded."""
+    """The float module of a checkpoint's architecture with its head, weights not loaded; a channel-pruned
+    checkpoint's recorded plan is replayed on it (see edgekit.models.pruning)."""
     from edgekit.models.registry import HeadConfig, build_model
 
-    return build_model(ckpt.model["arch"], ckpt.spec.num_outputs, HeadConfig(**ckpt.model["head"]), "none").eval()
+    model = build_model(ckpt.model["arch"], ckpt.spec.num_outputs, HeadConfig(**ckpt.model["head"]), "none").eval()
+    pruning = ckpt.model.get("pruning") or {}
+    if pruning.get("plan"):
+        from edgekit.models.pruning import replay_channel_plan
+
+        replay_channel_plan(model, example_input(ckpt.spec), pruning["plan"])
+    return model
 
 
 def example_input(spec):
