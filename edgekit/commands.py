@@ -16,9 +16,11 @@ from edgekit.core import checks, jsonio
 @click.option("--data", required=True, help="Image folder (class per sub-folder, optionally train/val/test "
               "splits), a folder of MNIST-style IDX files, or a CSV label file.")
 @click.option("--model", default="mobilenet_v2", show_default=True,
-              help="Architecture: mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small.")
-@click.option("--weights", default="imagenet", show_default=True,
-              help="'imagenet' (torchvision's, cached or downloaded), 'none' (from scratch) or a .pth file.")
+              help="Architecture: mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, or small_cnn (grey, "
+              "for 28x28 digits and the like).")
+@click.option("--weights", default="auto", show_default=True,
+              help="'imagenet' (torchvision's, cached or downloaded), 'none' (from scratch) or a .pth file; "
+              "auto: imagenet where the architecture has such weights, else none.")
 @click.option("--out", default="runs/train", show_default=True, help="Output folder.")
 @click.option("--imgsz", "input_size", default=32, show_default=True, help="Square input size in pixels.")
 @click.option("--epochs", default=10, show_default=True)
@@ -46,6 +48,11 @@ from edgekit.core import checks, jsonio
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--limit", default=0, show_default=True, help="Use at most N training images (0 = all).")
 @click.option("--hflip", is_flag=True, help="Random horizontal flips (not for text or digits).")
+@click.option("--teacher", default=None, help="Knowledge distillation: an edgekit checkpoint (trained or "
+              "`edgekit import`ed) with the same labels; the student also learns its softened outputs.")
+@click.option("--kd-temperature", default=4.0, show_default=True, help="Softmax temperature T of the soft targets.")
+@click.option("--kd-alpha", default=0.9, show_default=True, help="Weight of the soft-target loss (x T^2); "
+              "1 - alpha goes to the hard labels.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--threads", default=0, show_default=True, help="torch threads (0 = default).")

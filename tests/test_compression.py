@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from edgekit.core.errors import BadInputError
@@ -97,3 +98,95 @@ def test_prune_refuses_unknown_protected_layers_and_int8_checkpoints(trained, qu
     assert "Traceback" not in proc.stderr
     proc = run_cli("prune", quantized["int8"]["path"], "--data", str(mini_data), "--out", str(tmp_path / "q"))
     assert proc.returncode == 2 and "prune the FP32 checkpoint" in proc.stderr
+
+
+@pytest.fixture(scope="session")
+def small_cnn(mini_data, tmp_path_factory) -> dict:
+    from edgekit.training.trainer import TrainConfig, train
+
+    return train(TrainConfig(data=str(mini_data), model="small_cnn", input_size=28, epochs=1, batch_size=32,
+                             limit=300, out=str(tmp_path_factory.mktemp("small_cnn")), threads=2))
+
+
+def test_small_cnn_is_a_grey_network_whose_linear_layer_dominates(small_cnn):
+    ckpt = load_checkpoint(small_cnn["checkpoint"])
+    assert (ckpt.spec.channels, ckpt.spec.color, ckpt.spec.input_size) == (1, "GRAY", (28, 28))
+    assert ckpt.spec.mean == (0.5,) and ckpt.spec.std == (0.5,)
+    model = load_model(ckpt)
+    total = sum(p.numel() for p in model.parameters())
+    assert model.classifier[1].weight.numel() / total > 0.9
+    assert small_cnn["report"]["config"]["weights"] == "none"  # auto: small_cnn has no ImageNet weights
+
+
+def test_dynamic_int8_shrinks_the_small_cnn_and_keeps_its_predictions(small_cnn, mini_data, tmp_path):
+    from edgekit.training.quantize import QuantizeConfig, quantize_checkpoint
+
+    result = quantize_checkpoint(QuantizeConfig(checkpoint=str(small_cnn["checkpoint"]), data=str(mini_data),
+                                                mode="dynamic", limit_test=200, out=str(tmp_path / "dyn.pt")))
+    assert result["size_ratio"] < 0.4
+    assert result["top1_agreement"] > 0.95
+
+
+def test_a_grey_small_cnn_exports_to_onnx_and_openvino_and_verifies(small_cnn, mini_data, tmp_path):
+    from edgekit.export.core import ExportConfig, export
+
+    result = export(ExportConfig(checkpoint=str(small_cnn["checkpoint"]), formats=("onnx", "openvino"),
+                                 data=str(mini_data), verify_images=100, out=str(tmp_path)))
+    assert {a.path.name for a in result.artifacts} >= {"model.onnx", "model.xml"}
+    assert result.verify_ok, result.failed
+    assert len(result.verify_rows) >= 3  # the PyTorch reference + both artifacts
+
+
+def test_distillation_loss_is_zero_for_a_student_equal_to_its_teacher_and_pure_hard_loss_at_alpha_0(trained):
+    from edgekit.training.distill import Distiller
+
+    ckpt = load_checkpoint(trained["checkpoint"])
+    model = load_model(ckpt)
+    hard = torch.nn.CrossEntropyLoss()
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32))
+    y = torch.arange(8) % len(ckpt.spec.labels)
+    with torch.no_grad():
+        logits = model(x)
+        same = Distiller(model, ckpt.spec, ckpt.spec, temperature=4.0, alpha=1.0, hard_loss=hard)
+        assert float(same(x, logits, y)) == pytest.approx(0.0, abs=1e-5)
+        assert float(same(x, logits + torch.randn_like(logits), y)) > 0.01
+        hard_only = Distiller(model, ckpt.spec, ckpt.spec, temperature=4.0, alpha=0.0, hard_loss=hard)
+        assert float(hard_only(x, logits, y)) == pytest.approx(float(hard(logits, y)))
+
+
+def test_a_teacher_sees_the_students_image_in_its_own_preprocessing(trained, small_cnn, mini_data):
+    """Grey 28x28 normalised for the student -> RGB 32x32 normalised for the MobileNetV2 teacher."""
+    from edgekit.core.data import load_table
+    from edgekit.core.spec import preprocess
+    from edgekit.training.distill import Distiller
+
+    teacher, student = load_checkpoint(trained["checkpoint"]), load_checkpoint(small_cnn["checkpoint"])
+    distiller = Distiller(load_model(teacher), teacher.spec, student.spec, 4.0, 0.9, torch.nn.CrossEntropyLoss())
+    table = load_table(mini_data)
+    images = [table.image(i) for i in range(4)]
+    x = torch.from_numpy(np.stack([preprocess(im, student.spec, table.color) for im in images]))
+    direct = np.stack([preprocess(im, teacher.spec, table.color) for im in images])
+    mapped = distiller.teacher_input(x).numpy()
+    assert mapped.shape == direct.shape
+    # Resizing 28 -> 32 instead of source -> 32 blurs a little; the images are otherwise the same.
+    assert np.abs(mapped - direct).mean() < 0.1 * np.abs(direct).mean()
+
+
+def test_train_with_a_teacher_records_it_and_refuses_one_with_other_labels(trained, small_cnn, mini_data,
+                                                                         image_folder, tmp_path):
+    proc = run_cli("train", "--data", str(mini_data), "--model", "small_cnn", "--imgsz", "28", "--epochs", "1",
+                   "--limit", "100", "--teacher", str(trained["checkpoint"]), "--kd-temperature", "3",
+                   "--kd-alpha", "0.5", "--threads", "2", "--out", str(tmp_path / "kd"))
+    assert proc.returncode == 0, proc.stderr
+    distillation = json.loads((tmp_path / "kd" / "metrics.json").read_text())["distillation"]
+    assert distillation["teacher"] == str(trained["checkpoint"]) and distillation["temperature"] == 3.0
+    assert distillation["alpha"] == 0.5 and len(distillation["teacher_sha256"]) == 64
+    proc = run_cli("train", "--data", str(image_folder), "--model", "small_cnn", "--imgsz", "28", "--epochs", "1",
+                   "--teacher", str(trained["checkpoint"]), "--out", str(tmp_path / "bad"))
+    assert proc.returncode == 2 and "not the student's" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("train", "--data", str(mini_data), "--model", "small_cnn", "--teacher", str(tmp_path / "none.pt"),
+                   "--out", str(tmp_path / "bad2"))
+    assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+    proc = run_cli("train", "--data", str(mini_data), "--model", "small_cnn", "--weights", "imagenet",
+                   "--out", str(tmp_path / "bad3"))
+    assert proc.returncode == 2 and "no pretrained weights" in proc.stderr

@@ -38,7 +38,7 @@ class TrainConfig:
     data: str
     model: str = "mobilenet_v2"
     out: str = "runs/train"
-    weights: str = "imagenet"  # "imagenet", "none" or a .pth file
+    weights: str = "auto"  # "imagenet", "none", a .pth file, or "auto" (imagenet where the arch has it)
     input_size: int = 32
     epochs: int = 10
     head_epochs: int = 2  # stage 1 (frozen backbone); pretrained weights only
@@ -63,12 +63,17 @@ class TrainConfig:
     label_column: str = "label"
     limit: int = 0  # use at most this many training images (0 = all), for quick runs
     hflip: bool = False
+    teacher: str | None = None  # knowledge distillation from this checkpoint (see training/distill.py)
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9  # weight of the soft-target loss; 1 - alpha on the hard labels
     seed: int = 0
     workers: int = 0
     threads: int = 0  # 0 = torch's default
 
     def __post_init__(self) -> None:
-        get_arch(self.model)  # unknown names fail before any data is read
+        arch = get_arch(self.model)  # unknown names fail before any data is read
+        if self.weights == "auto":
+            object.__setattr__(self, "weights", "imagenet" if arch.weights else "none")
         checks.one_of("--schedule", self.schedule, SCHEDULES)
         for name, value, low, high in (("--epochs", self.epochs, 1, 10_000), ("--batch", self.batch_size, 1, 4096),
                                        ("--imgsz", self.input_size, 16, 4096), ("--head-epochs", self.head_epochs, 0, 10_000),
@@ -84,6 +89,10 @@ class TrainConfig:
         if self.pos_weight is not None:
             checks.within("--pos-weight", self.pos_weight, 0, 1e6, low_open=True)
         checks.threads("--threads", self.threads)
+        checks.within("--kd-temperature", self.kd_temperature, 0, 100, low_open=True)
+        checks.within("--kd-alpha", self.kd_alpha, 0, 1)
+        if self.teacher is not None and not Path(self.teacher).is_file():
+            raise BadInputError(f"--teacher {self.teacher}: no such checkpoint")
 
 
 def seed_everything(seed: int) -> None:
@@ -115,8 +124,11 @@ def make_spec(cfg: TrainConfig, table: ImageTable) -> ModelSpec:
         log.info("positive class: %s%s", positive, "" if cfg.positive else " (choose with --positive)")
     elif cfg.positive is not None:
         raise BadInputError(f"--positive is for two-class data; this data has {len(labels)} classes")
+    planes = {}
+    if get_arch(cfg.model).channels == 1:  # grey networks: one plane, normalised to about [-1, 1]
+        planes = {"channels": 1, "color": "GRAY", "mean": (0.5,), "std": (0.5,)}
     return ModelSpec(arch=cfg.model, labels=labels, input_size=(cfg.input_size, cfg.input_size),
-                     binary=binary, versions=torch_versions(), split=recipe, positive=positive)
+                     binary=binary, versions=torch_versions(), split=recipe, positive=positive, **planes)
 
 
 def make_loss(cfg: TrainConfig, spec: ModelSpec, table: ImageTable):
@@ -160,8 +172,11 @@ def _targets(y, binary: bool):
     return y.float().unsqueeze(1) if binary else y
 
 
-def run_epoch(model, loader, loss_fn, binary: bool, optimizer=None, freeze_bn: bool = False, desc: str = ""):
-    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy, logits, labels)."""
+def run_epoch(model, loader, loss_fn, binary: bool, optimizer=None, freeze_bn: bool = False, desc: str = "",
+              distill=None):
+    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy, logits, labels).
+    ``distill(x, logits, targets) -> loss`` replaces ``loss_fn`` while training (knowledge distillation);
+    evaluation passes always report ``loss_fn``, so early stopping compares like with like."""
     import torch
     from tqdm import tqdm
 
@@ -173,7 +188,10 @@ def run_epoch(model, loader, loss_fn, binary: bool, optimizer=None, freeze_bn: b
         bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None)
         for x, y in bar:
             logits = model(x)
-            loss = loss_fn(logits, _targets(y, binary))
+            if distill is not None and optimizer is not None:
+                loss = distill(x, logits, _targets(y, binary))
+            else:
+                loss = loss_fn(logits, _targets(y, binary))
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -187,7 +205,7 @@ def run_epoch(model, loader, loss_fn, binary: bool, optimizer=None, freeze_bn: b
     return total_loss / max(len(labels), 1), float((preds == labels).mean()), logits, labels
 
 
-def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec) -> list[dict]:
+def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec, distill=None) -> list[dict]:
     """Run the stages; keeps the weights of the best validation loss in ``model``."""
     import torch
 
@@ -208,7 +226,8 @@ def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec) -> lis
             epoch += 1
             start = time.perf_counter()
             tr_loss, tr_acc, _, _ = run_epoch(model, loaders["train"], loss_fn, spec.binary, optimizer,
-                                              freeze_bn=stage != "all", desc=f"epoch {epoch} {stage}")
+                                              freeze_bn=stage != "all", desc=f"epoch {epoch} {stage}",
+                                              distill=distill)
             va_loss, va_acc = (run_epoch(model, loaders["val"], loss_fn, spec.binary, desc="val")[:2]
                                if loaders.get("val") else (tr_loss, tr_acc))
             if cfg.schedule == "plateau":
@@ -291,8 +310,15 @@ def train(cfg: TrainConfig) -> dict:
                                  hflip=cfg.hflip, seed=cfg.seed, workers=cfg.workers)
                for name in ("train", "val", "test") if len(table.indices(name))}
     log.info("data: %s", ", ".join(f"{n} {len(table.indices(n))}" for n in ("train", "val", "test")))
+    distill = None
+    if cfg.teacher:
+        from edgekit.training.distill import Distiller
+
+        distill = Distiller.from_checkpoint(cfg.teacher, spec, cfg.kd_temperature, cfg.kd_alpha,
+                                            make_loss(cfg, spec, table))
+        log.info("distilling from %s (T=%g, alpha=%g)", cfg.teacher, cfg.kd_temperature, cfg.kd_alpha)
     start = time.perf_counter()
-    history = fit(model, loaders, make_loss(cfg, spec, table), cfg, spec)
+    history = fit(model, loaders, make_loss(cfg, spec, table), cfg, spec, distill)
     train_seconds = time.perf_counter() - start
     _, _, logits, labels = run_epoch(model, loaders["test"], make_loss(cfg, spec, table), spec.binary, desc="test")
     report = classification_report(labels, logits, spec.labels, spec.binary)
@@ -300,6 +326,8 @@ def train(cfg: TrainConfig) -> dict:
     for warning in report["warnings"]:
         log.warning("%s", warning)
     report.update(train_seconds=train_seconds, skipped_images=len(table.skipped), config=asdict(cfg))
+    if distill is not None:
+        report["distillation"] = distill.describe()
     model_info = {"arch": cfg.model, "head": asdict(HeadConfig(cfg.dropout, cfg.hidden))}
     path = save_checkpoint(out / "model.pt", Checkpoint(spec, model_info, model.state_dict(), history, report))
     jsonio.write(out / "metrics.json", report, indent=2)

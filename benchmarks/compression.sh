@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Compression beyond PTQ on real data (issue 18), one script, CPU named in every log:
+#   1. a MobileNetV2 teacher trained from scratch on the full Fashion-MNIST (Debian dataset-fashion-mnist);
+#   2. small_cnn (28x28 grey) trained alone and distilled from that teacher, same recipe otherwise;
+#   3. channel and L1-unstructured pruning of the teacher, swept over ratios, before/after 1 fine-tune epoch;
+#   4. the small-CNN dynamic-INT8 study on real handwritten digits (opencv-doc digits.png: 5,000 digits,
+#      20x20, 500 per class, cut into a folder per digit) and on Fashion-MNIST.
+# Usage: bash benchmarks/compression.sh [teacher|kd|prune|dynamic|all]   (repository root, venv active)
+# Writes benchmarks/results/compression_*.txt|json|png; work files under $OUT (default runs/compression).
+set -euo pipefail
+FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
+DIGITS_PNG=${DIGITS_PNG:-/usr/share/doc/opencv-doc/examples/data/digits.png}
+OUT=${OUT:-runs/compression}
+RES=benchmarks/results
+step=${1:-all}
+[ -d "$FMNIST" ] || { echo "missing $FMNIST: apt-get install dataset-fashion-mnist" >&2; exit 1; }
+mkdir -p "$RES" "$OUT"
+evidence() {
+  echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(uname -m)"
+  python -c 'import torch, platform; print(f"python {platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}")'
+  echo "command: $*"
+  echo
+}
+run() {  # run CMD... and keep its output (progress bars dropped) in $RES/compression_$name.txt
+  local name=$1; shift
+  { evidence "$@"; "$@"; } 2>&1 | grep -v '^\s*$\|it/s\|s/it\|s/batch' | tee "$RES/compression_$name.txt"
+}
+if [ "$step" = teacher ] || [ "$step" = all ]; then
+  run teacher edgekit train --data "$FMNIST" --model mobilenet_v2 --weights none --imgsz 32 --epochs 5 \
+    --schedule cosine --batch 128 --hflip --threads 2 --out "$OUT/teacher"
+fi
+if [ "$step" = kd ] || [ "$step" = all ]; then
+  run small_cnn edgekit train --data "$FMNIST" --model small_cnn --imgsz 28 --epochs 6 --schedule cosine \
+    --batch 128 --threads 2 --out "$OUT/small_cnn"
+  run small_cnn_kd edgekit train --data "$FMNIST" --model small_cnn --imgsz 28 --epochs 6 --schedule cosine \
+    --batch 128 --threads 2 --teacher "$OUT/teacher/model.pt" --kd-temperature 4 --kd-alpha 0.9 \
+    --out "$OUT/small_cnn_kd"
+fi
+if [ "$step" = prune ] || [ "$step" = all ]; then
+  run prune_channel edgekit prune "$OUT/teacher/model.pt" --data "$FMNIST" --method channel \
+    --ratios 0.3,0.5,0.7 --finetune-epochs 1 --limit-train 20000 --threads 2 --out "$OUT/prune_channel"
+  cp "$OUT/prune_channel/prune.json" "$RES/compression_prune_channel.json"
+  cp "$OUT/prune_channel/prune.png" "$RES/compression_prune_channel.png"
+  run prune_l1 edgekit prune "$OUT/teacher/model.pt" --data "$FMNIST" --method l1-unstructured \
+    --ratios 0.5,0.7,0.9 --finetune-epochs 1 --limit-train 20000 --threads 2 --out "$OUT/prune_l1"
+  cp "$OUT/prune_l1/prune.json" "$RES/compression_prune_l1.json"
+  cp "$OUT/prune_l1/prune.png" "$RES/compression_prune_l1.png"
+fi
+if [ "$step" = dynamic ] || [ "$step" = all ]; then
+  [ -f "$DIGITS_PNG" ] || { echo "missing $DIGITS_PNG: apt-get install opencv-doc" >&2; exit 1; }
+  python - "$DIGITS_PNG" "$OUT/digits" <<'PY'
+# digits.png: 50 rows x 100 columns of 20x20 cells, 5 rows per digit 0..9 (OpenCV's kNN/SVM sample data).
+import sys, pathlib, cv2
+image, root = cv2.imread(sys.argv[1], cv2.IMREAD_GRAYSCALE), pathlib.Path(sys.argv[2])
+assert image is not None and image.shape == (1000, 2000), "unexpected digits.png"
+for row in range(50):
+    folder = root / str(row // 5)
+    folder.mkdir(parents=True, exist_ok=True)
+    for col in range(100):
+        cv2.imwrite(str(folder / f"{row:02d}_{col:02d}.png"), image[row * 20:(row + 1) * 20, col * 20:(col + 1) * 20])
+print(f"wrote 5000 digits to {root}")
+PY
+  run digits_small_cnn edgekit train --data "$OUT/digits" --model small_cnn --imgsz 28 --epochs 10 \
+    --schedule cosine --batch 64 --threads 2 --out "$OUT/digits_small_cnn"
+  run digits_dynamic edgekit quantize "$OUT/digits_small_cnn/model.pt" --data "$OUT/digits" --mode dynamic \
+    --threads 1 --json "$RES/compression_digits_dynamic.json"
+  run fmnist_dynamic edgekit quantize "$OUT/small_cnn/model.pt" --data "$FMNIST" --mode dynamic \
+    --threads 1 --json "$RES/compression_fmnist_dynamic.json"
+fi
