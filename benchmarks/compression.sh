@@ -2,10 +2,13 @@
 # Compression beyond PTQ on real data (issue 18), one script, CPU named in every log:
 #   1. a MobileNetV2 teacher trained from scratch on the full Fashion-MNIST (Debian dataset-fashion-mnist);
 #   2. small_cnn (28x28 grey) trained alone and distilled from that teacher, same recipe otherwise;
-#   3. channel and L1-unstructured pruning of the teacher, swept over ratios, before/after 1 fine-tune epoch;
-#   4. the small-CNN dynamic-INT8 study on real handwritten digits (opencv-doc digits.png: 5,000 digits,
+#   3. channel and L1-unstructured pruning of the teacher, swept over ratios, before/after 1 fine-tune epoch
+#      on 10,000 train images;
+#   4. PyTorch INT8 of the teacher: post-training (calibrated) vs quantization-aware training (1 epoch on
+#      10,000 train images), and both exported as they are to ONNX QDQ + OpenVINO and verified;
+#   5. the small-CNN dynamic-INT8 study on real handwritten digits (opencv-doc digits.png: 5,000 digits,
 #      20x20, 500 per class, cut into a folder per digit) and on Fashion-MNIST.
-# Usage: bash benchmarks/compression.sh [teacher|kd|prune|dynamic|all]   (repository root, venv active)
+# Usage: bash benchmarks/compression.sh [teacher|kd|qat|prune|dynamic|all]   (repository root, venv active)
 # Writes benchmarks/results/compression_*.txt|json|png; work files under $OUT (default runs/compression).
 set -euo pipefail
 FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
@@ -30,19 +33,30 @@ if [ "$step" = teacher ] || [ "$step" = all ]; then
     --schedule cosine --batch 128 --hflip --threads 2 --out "$OUT/teacher"
 fi
 if [ "$step" = kd ] || [ "$step" = all ]; then
-  run small_cnn edgekit train --data "$FMNIST" --model small_cnn --imgsz 28 --epochs 6 --schedule cosine \
+  run small_cnn edgekit train --data "$FMNIST" --model small_cnn --imgsz 28 --epochs 4 --schedule cosine \
     --batch 128 --threads 2 --out "$OUT/small_cnn"
-  run small_cnn_kd edgekit train --data "$FMNIST" --model small_cnn --imgsz 28 --epochs 6 --schedule cosine \
+  run small_cnn_kd edgekit train --data "$FMNIST" --model small_cnn --imgsz 28 --epochs 4 --schedule cosine \
     --batch 128 --threads 2 --teacher "$OUT/teacher/model.pt" --kd-temperature 4 --kd-alpha 0.9 \
     --out "$OUT/small_cnn_kd"
 fi
+if [ "$step" = qat ] || [ "$step" = all ]; then
+  run ptq edgekit quantize "$OUT/teacher/model.pt" --data "$FMNIST" --mode static --engine x86 \
+    --calib-batches 32 --threads 2 --out "$OUT/teacher_ptq.pt" --json "$RES/compression_ptq.json" || true
+  run qat edgekit quantize "$OUT/teacher/model.pt" --data "$FMNIST" --mode qat --engine x86 --qat-epochs 1 \
+    --qat-lr 1e-4 --limit-train 10000 --batch 64 --threads 2 --out "$OUT/teacher_qat.pt" \
+    --json "$RES/compression_qat.json" || true
+  run qat_export edgekit export "$OUT/teacher_qat.pt" --format onnx --format openvino --data "$FMNIST" \
+    --out "$OUT/teacher_qat_export"
+  run qat_bench edgekit bench run "$OUT/teacher_qat_export/model_int8.onnx" "$OUT/teacher_qat_export/model_int8.xml" \
+    "$OUT/teacher_qat.pt" "$OUT/teacher_ptq.pt" "$OUT/teacher/model.pt" --threads 1 --data "$FMNIST" --images 2000
+fi
 if [ "$step" = prune ] || [ "$step" = all ]; then
   run prune_channel edgekit prune "$OUT/teacher/model.pt" --data "$FMNIST" --method channel \
-    --ratios 0.3,0.5,0.7 --finetune-epochs 1 --limit-train 20000 --threads 2 --out "$OUT/prune_channel"
+    --ratios 0.3,0.5,0.7 --finetune-epochs 1 --limit-train 10000 --threads 2 --out "$OUT/prune_channel"
   cp "$OUT/prune_channel/prune.json" "$RES/compression_prune_channel.json"
   cp "$OUT/prune_channel/prune.png" "$RES/compression_prune_channel.png"
   run prune_l1 edgekit prune "$OUT/teacher/model.pt" --data "$FMNIST" --method l1-unstructured \
-    --ratios 0.5,0.7,0.9 --finetune-epochs 1 --limit-train 20000 --threads 2 --out "$OUT/prune_l1"
+    --ratios 0.5,0.7,0.9 --finetune-epochs 1 --limit-train 10000 --threads 2 --out "$OUT/prune_l1"
   cp "$OUT/prune_l1/prune.json" "$RES/compression_prune_l1.json"
   cp "$OUT/prune_l1/prune.png" "$RES/compression_prune_l1.png"
 fi

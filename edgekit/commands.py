@@ -73,8 +73,12 @@ def train(**options) -> None:
               "split, the comparison its test split (an imported model: all of it; unlabelled images: agreement only).")
 @click.option("--calib", default=None, help="Calibrate on these unlabelled images instead: a folder (recursive), "
               "a video (frames sampled evenly) or a CSV with a path column.")
-@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
-              help="static: INT8 weights and activations, calibrated. dynamic: INT8 Linear weights only.")
+@click.option("--mode", type=click.Choice(["static", "dynamic", "qat"]), default="static", show_default=True,
+              help="static: INT8 weights and activations, calibrated. dynamic: INT8 Linear weights only. "
+              "qat: quantization-aware training on --data's train split (then as static).")
+@click.option("--qat-epochs", default=3, show_default=True, help="qat: epochs (activation ranges frozen for the last).")
+@click.option("--qat-lr", default=1e-4, show_default=True, help="qat: learning rate (SGD, momentum 0.9).")
+@click.option("--limit-train", default=0, show_default=True, help="qat: train on at most N images (0 = all).")
 @click.option("--engine", type=click.Choice(["auto", "x86", "fbgemm", "qnnpack", "onednn"]), default="auto",
               show_default=True, help="Quantized kernel set; auto picks x86 on Intel/AMD, qnnpack on ARM.")
 @click.option("--reduce-range/--full-range", default=False, show_default=True,

@@ -84,9 +84,19 @@ class ExportJob:
 
         self.cfg, self.stage, self.work = cfg, stage, work
         self.ckpt = load_checkpoint(cfg.checkpoint)
-        if self.ckpt.spec.precision != "fp32":
-            raise BadInputError(f"{cfg.checkpoint} is {self.ckpt.spec.precision}; export the FP32 checkpoint "
-                                "(add --int8 for INT8 artifacts)")
+        # A PyTorch static INT8 checkpoint (post-training or quantization-aware trained) exports as it is:
+        # torch's ONNX exporter writes its quantized ops as QuantizeLinear/DequantizeLinear around float ops,
+        # with the checkpoint's own scales, and OpenVINO reads that QDQ file. Nothing is re-calibrated.
+        recipe = self.ckpt.spec.quantization
+        self.int8_checkpoint = self.ckpt.spec.precision == "int8" and recipe.get("scheme") == "pytorch-fx-static"
+        if self.ckpt.spec.precision != "fp32" and not self.int8_checkpoint:
+            raise BadInputError(f"{cfg.checkpoint} is {self.ckpt.spec.precision} ({recipe.get('scheme', '?')}); "
+                                "export the FP32 checkpoint (add --int8 for INT8 artifacts)")
+        if self.int8_checkpoint and (cfg.fp16 or cfg.bake_preprocess or cfg.debug_layers):
+            raise BadInputError(f"{cfg.checkpoint} is already INT8: it exports as INT8 ONNX/OpenVINO as it is; "
+                                "--fp16, --bake-preprocess and --debug-layers need the FP32 checkpoint")
+        if self.int8_checkpoint and cfg.int8:
+            log.info("%s is already INT8: exporting its own quantization (no re-calibration)", cfg.checkpoint)
         from edgekit.core.spec import sha256_file
 
         spec = self.ckpt.spec.replace(source_checkpoint_sha256=sha256_file(cfg.checkpoint))
@@ -136,6 +146,7 @@ class ExportJob:
         return calibration_batches(table, self.spec, size, min(cfg.calib_batch, size), cfg.seed, audit), audit
 
     def fp32_onnx(self) -> Path:
+        """The checkpoint as ONNX: FP32, or for an INT8 checkpoint its QDQ graph (see __init__)."""
         if self._fp32_onnx is None:
             from edgekit.export.onnx_format import BakedPreprocess, export_fp32
             from edgekit.models.loading import load_model
@@ -144,7 +155,8 @@ class ExportJob:
             if self.cfg.bake_preprocess:
                 model = BakedPreprocess.wrap(model, self.ckpt.spec, self.cfg.input_color)
             path = self.work / "model.onnx"
-            export_fp32(model, self.spec.replace(precision="fp32"), path, self.cfg.dynamic_batch)
+            export_fp32(model, self.spec if self.int8_checkpoint else self.spec.replace(precision="fp32"), path,
+                        self.cfg.dynamic_batch)
             self._fp32_onnx = path
         return self._fp32_onnx
 
@@ -213,6 +225,10 @@ def export_onnx(job: ExportJob) -> list[Artifact]:
     from edgekit.export.onnx_format import IR_VERSION, MIN_ONNXRUNTIME, OPSET
 
     notes = {"opset": OPSET, "ir_version": IR_VERSION, "min_onnxruntime": MIN_ONNXRUNTIME}
+    if job.int8_checkpoint:
+        int8 = job.stage / "model_int8.onnx"
+        shutil.copyfile(job.fp32_onnx(), int8)
+        return [_finish(job, "onnx", "int8", int8, [], job.spec, {**notes, "scheme": "pytorch-int8-qdq"})]
     fp32 = job.stage / "model.onnx"
     shutil.copyfile(job.fp32_onnx(), fp32)
     out = [_finish(job, "onnx", "fp32", fp32, [], job.spec.replace(precision="fp32"), notes)]
@@ -230,6 +246,11 @@ def export_openvino(job: ExportJob) -> list[Artifact]:
     from edgekit.export import openvino_format as ovf
 
     out = []
+    if job.int8_checkpoint:
+        xml = job.stage / "model_int8.xml"
+        notes = {"scheme": "from-pytorch-int8-qdq", **job.spec.quantization}
+        files = ovf.from_onnx(job.fp32_onnx(), job.spec, xml)
+        return [_finish(job, "openvino", "int8", xml, files[1:], job.spec, notes)]
     variants = [("fp32", "model.xml")] + ([("fp16", "model_fp16.xml")] if job.cfg.fp16 else []) + \
                ([("int8", "model_int8.xml")] if job.cfg.int8 else [])
     for precision, name in variants:

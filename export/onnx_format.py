@@ -71,6 +71,10 @@ def _quiet_exporter():
         warnings.filterwarnings("ignore", message=r".*dynamo=False.*", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*TorchScript-based ONNX export.*", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
+        # The TorchScript exporter traces with torch.jit, which announces its own deprecation (a quantized
+        # checkpoint also reads its scales as Python floats while tracing: constants, as they should be).
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python float")
         yield
 
 

@@ -101,8 +101,12 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
     from edgekit.models.loading import checkpoint_data, load_model, run_model
 
     ckpt = load_checkpoint(reference_checkpoint)
-    if ckpt.spec.precision != "fp32":
-        raise BadInputError(f"the reference must be an FP32 checkpoint; {reference_checkpoint} is {ckpt.spec.precision}")
+    # An INT8 PyTorch checkpoint is the reference of the files exported from it (the same quantized model in
+    # another runtime); the INT8 gate then bounds what the runtimes' kernels add.
+    int8_reference = ckpt.spec.precision == "int8" and ckpt.spec.quantization.get("scheme") == "pytorch-fx-static"
+    if ckpt.spec.precision != "fp32" and not int8_reference:
+        raise BadInputError(f"the reference must be an FP32 checkpoint (or a PyTorch static INT8 one for the files "
+                            f"exported from it); {reference_checkpoint} is {ckpt.spec.precision}")
     table = checkpoint_data(ckpt, data)
     indices = test_subset(table, images, seed)
     labels = table.labels[indices] if table.labelled else None  # unlabelled images: agreement only
@@ -110,12 +114,16 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
     model = load_model(ckpt)
     chunks = [inputs[i:i + 500] for i in range(0, len(inputs), 500)]
     pytorch_fp32 = run_model(model, chunks)
-    reference = run_model(model.double(), [c.astype(np.float64) for c in chunks])
+    name = Path(reference_checkpoint).name
+    if int8_reference:  # quantized kernels have no float64 version: the INT8 model is its own reference
+        reference = pytorch_fp32
+        rows = [Row(f"PyTorch INT8 ({name})", "int8", reference)]
+    else:
+        reference = run_model(model.double(), [c.astype(np.float64) for c in chunks])
+        rows = [Row(f"PyTorch float64 ({name})", "fp64", reference),
+                Row(f"PyTorch FP32 ({name})", "fp32", pytorch_fp32, gates=False)]
     if not np.isfinite(reference).all():
         raise VerificationFailed(f"{reference_checkpoint} itself gives NaN or infinite outputs: nothing to verify against")
-    name = Path(reference_checkpoint).name
-    rows = [Row(f"PyTorch float64 ({name})", "fp64", reference),
-            Row(f"PyTorch FP32 ({name})", "fp32", pytorch_fp32, gates=False)]
     for path in map(Path, models):
         runtime = load_runtime(path)
         spec = runtime.spec

@@ -190,3 +190,61 @@ def test_train_with_a_teacher_records_it_and_refuses_one_with_other_labels(train
     proc = run_cli("train", "--data", str(mini_data), "--model", "small_cnn", "--weights", "imagenet",
                    "--out", str(tmp_path / "bad3"))
     assert proc.returncode == 2 and "no pretrained weights" in proc.stderr
+
+
+@pytest.fixture(scope="session")
+def qat(trained, mini_data, tmp_path_factory) -> dict:
+    from edgekit.training.quantize import QuantizeConfig, quantize_checkpoint
+
+    out = tmp_path_factory.mktemp("qat") / "model_qat.pt"
+    return quantize_checkpoint(QuantizeConfig(checkpoint=str(trained["checkpoint"]), data=str(mini_data), mode="qat",
+                                              qat_epochs=2, limit_train=128, batch_size=32, limit_test=100,
+                                              out=str(out), threads=2))
+
+
+def test_qat_fine_tunes_with_fake_quantization_into_an_ordinary_int8_checkpoint(qat):
+    import torch.ao.nn.quantized as nnq
+
+    ckpt = load_checkpoint(qat["int8"]["path"])
+    recipe = ckpt.spec.quantization
+    assert recipe["scheme"] == "pytorch-fx-static" and ckpt.spec.precision == "int8"
+    assert recipe["training"]["method"] == "qat" and recipe["training"]["images"] == 128
+    assert [h["epoch"] for h in recipe["training"]["history"]] == [1, 2]
+    assert all(np.isfinite(h["train_loss"]) for h in recipe["training"]["history"])
+    model = load_model(ckpt)
+    assert any(isinstance(m, nnq.Conv2d) for m in model.modules())
+    stem = model.get_submodule("features.0.0")  # Conv-BN before ReLU6: the fixed [0, 6] range survives QAT
+    assert stem.zero_point == 0 and stem.scale == pytest.approx(6.0 / 255)
+    assert qat["top1_agreement"] is not None and qat["test_images"] == 100
+
+
+def test_an_int8_checkpoint_exports_as_it_is_and_verifies_against_itself(qat, mini_data, tmp_path):
+    import onnx
+
+    from edgekit.export.core import ExportConfig, export
+    from edgekit.runtimes.base import load_runtime
+
+    result = export(ExportConfig(checkpoint=qat["int8"]["path"], formats=("onnx", "openvino"), data=str(mini_data),
+                                 verify_images=100, out=str(tmp_path)))
+    assert sorted(a.path.name for a in result.artifacts) == ["model_int8.onnx", "model_int8.xml"]
+    assert result.verify_ok, result.failed
+    assert result.verify_rows[0].name.startswith("PyTorch INT8")
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "model_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    runtime = load_runtime(tmp_path / "model_int8.onnx")
+    try:
+        assert runtime.spec.precision == "int8"
+        assert runtime.spec.quantization["training"]["method"] == "qat"
+    finally:
+        runtime.close()
+
+
+def test_qat_needs_labelled_data_and_sane_numbers():
+    from edgekit.training.quantize import QuantizeConfig
+
+    with pytest.raises(BadInputError, match="--data"):
+        QuantizeConfig(checkpoint="x.pt", calib="photos", mode="qat")
+    with pytest.raises(BadInputError, match="--qat-epochs"):
+        QuantizeConfig(checkpoint="x.pt", data="d", mode="qat", qat_epochs=0)
+    with pytest.raises(BadInputError, match="--qat-lr"):
+        QuantizeConfig(checkpoint="x.pt", data="d", mode="qat", qat_lr=-1.0)

@@ -32,7 +32,7 @@ class QuantizeConfig:
     checkpoint: str
     data: str | None = None  # labelled (or unlabelled) evaluation data; its train split calibrates unless calib
     calib: str | None = None  # unlabelled calibration images (folder, video, CSV)
-    mode: str = "static"  # "static" (weights + activations) or "dynamic" (Linear weights)
+    mode: str = "static"  # "static" (weights + activations), "dynamic" (Linear weights) or "qat" (trained)
     engine: str = "auto"
     calib_batches: int = 32
     reduce_range: bool = False  # 7-bit activations (see qconfig_mapping)
@@ -42,10 +42,18 @@ class QuantizeConfig:
     limit_test: int = 0
     seed: int = 0
     threads: int = 0
+    qat_epochs: int = 3  # quantization-aware training: epochs, learning rate (SGD, momentum 0.9), train images
+    qat_lr: float = 1e-4
+    limit_train: int = 0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("static", "dynamic"):
-            raise BadInputError(f"mode must be static or dynamic, got {self.mode!r}")
+        if self.mode not in ("static", "dynamic", "qat"):
+            raise BadInputError(f"mode must be static, dynamic or qat, got {self.mode!r}")
+        checks.within("--qat-epochs", self.qat_epochs, 1, 1000)
+        checks.within("--qat-lr", self.qat_lr, 0, 10, low_open=True)
+        checks.at_least("--limit-train", self.limit_train, 0)
+        if self.mode == "qat" and not self.data:
+            raise BadInputError("--mode qat trains on labelled data: pass --data (the data the model was trained on)")
         checks.within("--calib-batches", self.calib_batches, 1, 100_000)
         checks.within("--batch", self.batch_size, 1, 4096)
         checks.at_least("--limit-test", self.limit_test, 0)
@@ -112,6 +120,47 @@ def _calibrate(fp32, ckpt, data_table, cfg: QuantizeConfig, engine: str):
     return convert_static(prepared), audit, keep
 
 
+def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
+    """Quantization-aware training from the FP32 weights on the train split; returns (converted INT8, recipe).
+
+    Recipe (torchvision's QAT recipe, shortened for fine-tuning a converged model): SGD with momentum 0.9 at a
+    small learning rate, BatchNorm statistics frozen from the start (the FP32 model's are already right, and
+    small batches would disturb them), activation ranges tracked as moving averages and then frozen for the
+    last epoch (when there is more than one), so the weights settle on the ranges that will be used."""
+    import torch
+
+    from edgekit.models.loading import prepare_qat
+    from edgekit.training.torchdata import make_loader
+    from edgekit.training.trainer import run_epoch
+
+    if not table.labelled:
+        raise BadInputError("--mode qat trains on labelled data; these images have no labels")
+    train_idx = table.indices("train")[: cfg.limit_train or None]
+    if not len(train_idx):
+        raise BadInputError("--mode qat: the data has no train split")
+    keep = keep_float_modules(fp32, cfg.keep_float)
+    model = prepare_qat(fp32, ckpt.spec, engine, cfg.reduce_range, tuple(keep))
+    model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+    loader = make_loader(table, train_idx, ckpt.spec, cfg.batch_size, train=True, seed=cfg.seed)
+    loss_fn = torch.nn.BCEWithLogitsLoss() if ckpt.spec.binary else torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.qat_lr, momentum=0.9)
+    history = []
+    with quiet_torch_ao():
+        for epoch in range(1, cfg.qat_epochs + 1):
+            if cfg.qat_epochs > 1 and epoch == cfg.qat_epochs:
+                model.apply(torch.ao.quantization.disable_observer)
+            start = time.perf_counter()
+            loss, accuracy, _, _ = run_epoch(model, loader, loss_fn, ckpt.spec.binary, optimizer,
+                                             desc=f"QAT epoch {epoch}")
+            history.append({"epoch": epoch, "train_loss": loss, "train_acc": accuracy,
+                            "seconds": time.perf_counter() - start})
+            log.info("QAT epoch %d: train loss %.4f acc %.4f", epoch, loss, accuracy)
+    recipe = {"scheme": "pytorch-fx-static", "engine": engine, "reduce_range": cfg.reduce_range, "keep_float": keep,
+              "training": {"method": "qat", "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "images": int(len(train_idx)),
+                           "history": history}}
+    return convert_static(model), recipe
+
+
 def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
     """Quantize, save, reload-check, and compare FP32 vs INT8 on the test split."""
     import torch
@@ -131,6 +180,8 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
         int8, audit, keep = _calibrate(fp32, ckpt, lambda: table, cfg, engine)
         recipe = {"scheme": "pytorch-fx-static", "engine": engine, "reduce_range": cfg.reduce_range,
                   "keep_float": keep, "calibration": audit.to_dict()}
+    elif cfg.mode == "qat":
+        int8, recipe = _qat(fp32, ckpt, table, cfg, engine)
     else:
         int8, recipe = quantize_dynamic(fp32), {"scheme": "pytorch-dynamic", "engine": engine}
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(Path(cfg.checkpoint).stem + "_int8.pt")
@@ -145,7 +196,8 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
         check = [np.zeros(spec.input_shape(1), np.float32) + 0.5]
         if not np.array_equal(run_model(reloaded, check), run_model(int8, check)):
             raise BadInputError("the saved INT8 checkpoint does not reproduce the quantized model; nothing written")
-        result = {"mode": cfg.mode, "engine": engine, "calibration": recipe.get("calibration"), "test_images": 0,
+        result = {"mode": cfg.mode, "engine": engine, "calibration": recipe.get("calibration"),
+                  "training": recipe.get("training"), "test_images": 0,
                   "top1_agreement": None, "accuracy_delta_pp": None, "gate_problems": []}
         for name, model, path in (("fp32", fp32, Path(cfg.checkpoint)), ("int8", reloaded, staged)):
             result[name] = {"path": str(path), "accuracy": None, "size_mb": path.stat().st_size / 1e6,
@@ -194,6 +246,10 @@ def format_comparison(result: dict) -> str:
     rows.append(f"INT8 vs FP32: accuracy {delta}, size x{result['size_ratio']:.2f}, speed x{result['speedup']:.2f}, "
                 f"top-1 agreement {agreement} ({result['test_images']} test images, {result['mode']}, engine "
                 f"{result['engine']}, {result['fp32']['threads']} threads)")
+    if result.get("training"):
+        qat = result["training"]
+        rows.append(f"quantization-aware training: {qat['epochs']} epochs on {qat['images']} images, lr {qat['lr']:g}, "
+                    f"final train loss {qat['history'][-1]['train_loss']:.4f}")
     if result.get("calibration"):
         cal = result["calibration"]
         classes = (f", {sum(1 for c in cal['class_counts'].values() if c)}/{len(cal['class_counts'])} classes"
