@@ -43,6 +43,9 @@ def _cases() -> list[tuple[str, tuple[str, ...], frozenset]]:
         add(f"export-int8-{model}", ["export", "{%s}" % model, "--format", "onnx", "--int8", "--data", "{data}",
                                      "--out", "{out}"])
         add(f"import-{model}", ["import", "{%s}" % model, "--out", "{out}"])
+        add(f"prune-{model}", ["prune", "{%s}" % model, "--data", "{data}", "--out", "{out}"])
+        add(f"train-teacher-{model}", ["train", "--data", "{data}", "--model", "small_cnn", "--teacher",
+                                       "{%s}" % model, "--epochs", "1", "--limit", "64", "--out", "{out}"])
     for data in BAD_DATA:
         add(f"quantize-data-{data}", ["quantize", "{ckpt}", "--data", "{%s}" % data])
         add(f"export-calib-{data}", ["export", "{ckpt}", "--format", "onnx", "--int8", "--calib", "{%s}" % data,
@@ -50,6 +53,14 @@ def _cases() -> list[tuple[str, tuple[str, ...], frozenset]]:
         # a folder with one class folder is a set of unlabelled images: verifying agreement on it is right
         add(f"verify-data-{data}", ["verify", "{onnx}", "--reference", "{ckpt}", "--data", "{%s}" % data],
             {0} if data == "one_class" else bad)
+    for value in ("-1", "0", "nan", "1e12", "abc"):
+        add(f"prune-ratios={value}", ["prune", "{ckpt}", "--data", "{data}", "--ratios", value, "--out", "{out}"])
+        add(f"train-kd-temperature={value}", ["train", "--data", "{data}", "--teacher", "{ckpt}", "--kd-temperature",
+                                              value, "--out", "{out}"])
+        add(f"quantize-qat-epochs={value}", ["quantize", "{ckpt}", "--data", "{data}", "--mode", "qat",
+                                            "--qat-epochs", value])
+    add("prune-ratios=1", ["prune", "{ckpt}", "--data", "{data}", "--ratios", "1", "--out", "{out}"])
+    add("prune-ratios-repeated", ["prune", "{ckpt}", "--data", "{data}", "--ratios", "0.3,0.3", "--out", "{out}"])
     for value in NUMBERS:
         if value not in ("0", "99999999999999999999"):  # 0 = all images, and more than there are = all: fine
             add(f"export-verify-images={value}", ["export", "{ckpt}", "--verify-images", value, "--out", "{out}"])
