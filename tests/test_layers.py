@@ -115,7 +115,7 @@ def test_the_check_finds_an_upward_import_and_a_cycle(tmp_path):
 
 def test_the_foundation_and_the_runtimes_import_no_ml_framework_at_module_level():
     """torch, onnxruntime and openvino only inside functions, in the layers a device loads."""
-    heavy = {"torch", "torchvision", "onnxruntime", "openvino", "nncf", "onnx"}
+    heavy = {"torch", "torchvision", "onnxruntime", "openvino", "nncf", "onnx", "torch_pruning"}
     found = []
     for layer in ("core", "models", "runtimes"):
         for path in library_files(REPO)[layer]:
