@@ -77,7 +77,14 @@ PY
   run digits_small_cnn edgekit train --data "$OUT/digits" --model small_cnn --imgsz 28 --epochs 10 \
     --schedule cosine --batch 64 --threads 2 --out "$OUT/digits_small_cnn"
   run digits_dynamic edgekit quantize "$OUT/digits_small_cnn/model.pt" --data "$OUT/digits" --mode dynamic \
-    --threads 1 --json "$RES/compression_digits_dynamic.json"
+    --threads 1 --json "$RES/compression_digits_dynamic.json" || true
+  run digits_static edgekit quantize "$OUT/digits_small_cnn/model.pt" --data "$OUT/digits" --mode static \
+    --threads 1 --out "$OUT/digits_small_cnn/model_static_int8.pt" --json "$RES/compression_digits_static.json" || true
+  run digits_export edgekit export "$OUT/digits_small_cnn/model.pt" --format onnx --int8 --data "$OUT/digits" \
+    --out "$OUT/digits_small_cnn/onnx" || true
+  run digits_bench edgekit bench run "$OUT/digits_small_cnn/model.pt" "$OUT/digits_small_cnn/model_int8.pt" \
+    "$OUT/digits_small_cnn/model_static_int8.pt" "$OUT/digits_small_cnn/onnx/model.onnx" \
+    "$OUT/digits_small_cnn/onnx/model_int8.onnx" --threads 1 --data "$OUT/digits" || true
   run fmnist_dynamic edgekit quantize "$OUT/small_cnn/model.pt" --data "$FMNIST" --mode dynamic \
-    --threads 1 --json "$RES/compression_fmnist_dynamic.json"
+    --threads 1 --json "$RES/compression_fmnist_dynamic.json" || true
 fi

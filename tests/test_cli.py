@@ -86,7 +86,7 @@ def test_missing_checkpoint(tmp_path, mini_data):
 
 @pytest.mark.parametrize("args, fragment", [
     (("train", "--data", "X", "--epochs", "0"), "epochs"),
-    (("quantize", "M", "--data", "X", "--mode", "qat"), "Invalid value for '--mode'"),
+    (("quantize", "M", "--data", "X", "--mode", "int4"), "Invalid value for '--mode'"),
 ])
 def test_bad_option_values_are_rejected_before_any_work(args, fragment):
     proc = run_cli(*args)
