@@ -35,7 +35,7 @@ ARCHS = {
 def small_cnn():
     """A LeNet-style CNN for small grey images such as 28x28 digits or Fashion-MNIST: two 3x3 conv-ReLU-maxpool
     stages (32 and 64 channels), then a 7x7 adaptive pool, flatten, linear 3136 -> 128, ReLU, dropout and the
-    output layer. About 420k parameters, 96% of them in the first linear layer: the kind of network where
+    output layer. About 420k parameters, 95% of them in the first linear layer: the kind of network where
     dynamic INT8 (Linear weights only) shrinks the file most."""
     import torch.nn as nn
 
