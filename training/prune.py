@@ -181,8 +181,7 @@ def prune_sweep(cfg: PruneConfig) -> dict:
             raise BadInputError(f"--protect: no module named {name!r}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    seed = cfg.seed
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     base_preds = _evaluate(base, table, ckpt.spec, test, cfg.batch_size)
     labels = table.labels[test]
     base_row = {"ratio": 0.0, "stage": "base", "accuracy": float((base_preds == labels).mean()), "agreement": 1.0,
@@ -249,6 +248,8 @@ def plot_sweep(result: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from edgekit.training.trainer import save_panels
+
     fig, (ax_acc, ax_cost) = plt.subplots(1, 2, figsize=(10, 4))
     base = result["rows"][0]
     for stage, marker in (("pruned", "o"), ("fine-tuned", "s")):
@@ -261,10 +262,4 @@ def plot_sweep(result: dict, path: Path) -> Path:
     ax_cost.plot([r["ratio"] for r in rows], [r["gzip_mb"] for r in rows], marker="s", label="gzip MB")
     ax_cost.plot([r["ratio"] for r in rows], [r["size_mb"] for r in rows], marker="^", label="file MB")
     ax_cost.set(xlabel="pruning ratio", title="cost")
-    for ax in (ax_acc, ax_cost):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_panels(fig, (ax_acc, ax_cost), path)

@@ -286,7 +286,14 @@ def plot_curves(history: list[dict], path: Path) -> Path:
         ax_acc.plot(epochs, [h[f"{key}_acc"] for h in history], marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    return save_panels(fig, (ax_loss, ax_acc), path)
+
+
+def save_panels(fig, axes, path: Path) -> Path:
+    """Grid and legend on every panel, then write the figure and free it (curves.png, prune.png)."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
