@@ -39,6 +39,7 @@ class PipelineConfig:
     motion_gate: float = 0.0  # 0 = off; else reuse the last result while the frame changes less than this
     scale: float = 1.0  # resize every frame by this factor first
     overlay: bool = True
+    reduced_decode: bool = True  # MJPEG videos decoded at 1/2, 1/4 or 1/8 when the model needs no more
 
     def __post_init__(self) -> None:
         checks.within("--every", self.every, 1, 10_000)
@@ -138,14 +139,23 @@ class WindowSink:
 
 
 class StreamSink:
-    """Frames to an :class:`~edgekit.edge_apps.stream.MjpegServer` as JPEG, with a status dict."""
+    """Frames to an :class:`~edgekit.edge_apps.stream.MjpegServer` as JPEG, with a status dict. While nobody
+    watches the stream, a frame is drawn and encoded only every IDLE_SECONDS (for /frame.jpg): on a Pi the
+    JPEG encoding of every frame for no viewer would cost more than a small model."""
+
+    IDLE_SECONDS = 1.0
 
     def __init__(self, server, quality: int = 80):
         self.server, self.quality, self.status = server, quality, {}
+        self.encoded_at = -float("inf")
+
+    def wants_frame(self) -> bool:
+        return self.server.viewers > 0 or time.monotonic() - self.encoded_at >= self.IDLE_SECONDS
 
     def write(self, image: np.ndarray) -> None:
         import cv2
 
+        self.encoded_at = time.monotonic()
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if ok:
             self.server.publish(jpeg.tobytes(), self.status)
@@ -195,11 +205,16 @@ class SinkThread:
         while (item := self.queue.get()) is not None:
             frame, analysis, line, status = item
             try:
+                for sink in self.sinks:
+                    if isinstance(sink, StreamSink):
+                        sink.status = status
+                        sink.server.set_status(status)
+                wanted = [sink for sink in self.sinks if getattr(sink, "wants_frame", lambda: True)()]
+                if not wanted:
+                    continue  # nobody watches the stream and no file or window takes this frame
                 with self.timer("render"):
                     image = render(frame, analysis, line) if self.overlay else frame.image
-                    for sink in self.sinks:
-                        if isinstance(sink, StreamSink):
-                            sink.status = status
+                    for sink in wanted:
                         sink.write(image)
             except Exception as exc:  # handed to the main thread, which re-raises it on the next submit
                 self.error = exc
@@ -239,13 +254,17 @@ class Pipeline:
     analyzed: int = 0
     gated: int = 0  # frames the motion gate let through without running the app
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the whole process (every thread) while frames ran
 
     def run(self, source: FrameSource) -> dict:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         last: Analysis | None = None
         reference = None  # thumbnail of the last analysed frame (motion gate)
         label_before = None
         writer = SinkThread(self.sinks, self.timer, self.config.overlay) if self.sinks else None
+        floor = self._decode_floor()
+        if floor is not None:
+            source.reduce_decoding(*floor)
         ahead = self.config.every == 1 and not self.config.motion_gate and self.app.prepare
         if self.config.scale != 1.0 or ahead:
             source.transform = lambda frame: self._ahead(frame, ahead)
@@ -283,11 +302,30 @@ class Pipeline:
                     writer.submit(frame, last, line, status)
         finally:
             self.seconds = time.perf_counter() - start
+            self.cpu_seconds = time.process_time() - cpu_start
             if writer is not None:
                 writer.close()
             if self.events is not None:
                 self.events.close()
         return self.summary(source)
+
+    # Frames that a person sees (video file, stream, window) keep at least this size when decoded reduced.
+    SHOWN_MIN = (640, 360)
+
+    def _decode_floor(self) -> tuple[int, int] | None:
+        """The smallest (width, height) frames may be decoded at: the model's input for apps that classify
+        the whole frame (a face needs the full frame), at least SHOWN_MIN when a sink shows it. None: full."""
+        from edgekit.core.spec import CROP_FRACTION
+
+        if not self.config.reduced_decode or self.config.scale != 1.0 or not self.app.prepare:
+            return None
+        spec = self.app.classify.spec
+        height, width = spec.input_size
+        if spec.resize == "crop":  # the shorter side is resized to resize_to before the centre is cut
+            width = height = spec.resize_to or round(max(height, width) / CROP_FRACTION)
+        if self.sinks:
+            width, height = max(width, self.SHOWN_MIN[0]), max(height, self.SHOWN_MIN[1])
+        return width, height
 
     def _ahead(self, frame: Frame, prepare) -> Frame:
         """On the source's reader thread: --scale, and the model input when every frame will be analysed,
@@ -326,14 +364,17 @@ class Pipeline:
             "app": self.app.name, "frames": self.frames, "analyzed": self.analyzed, "gated": self.gated,
             "inferences": self.app.classify.inferences, "faces": self.app.face_search, "seconds": self.seconds,
             "pipeline_fps": self.frames / self.seconds if self.seconds > 0 else 0.0,
+            "cpu_seconds": self.cpu_seconds, "cpu_ms_per_frame": 1e3 * self.cpu_seconds / max(1, self.frames),
             "model_only_fps": 1e3 / infer["mean_ms"] if infer else None,
             "stages": {s: stats(self.timer.times[s]) for s in sorted(self.timer.times, key=stage_order)
                        if self.timer.times[s]},
             "glass_to_glass": stats(self.glass_to_glass),
             "source": {"name": source.source, "live": source.live, "read": source.stats.read,
                        "dropped": source.stats.dropped, "corrupt": source.stats.corrupt,
-                       "reconnects": source.stats.reconnects, "error": source.error},
-            "config": {"every": self.config.every, "motion_gate": self.config.motion_gate, "scale": self.config.scale},
+                       "reconnects": source.stats.reconnects, "error": source.error,
+                       "decoded_at": f"1/{source.reduce}" if source.reduce > 1 else "full size"},
+            "config": {"every": self.config.every, "motion_gate": self.config.motion_gate, "scale": self.config.scale,
+                       "reduced_decode": self.config.reduced_decode},
             "peak_rss_mb": peak_rss_mb(), "runtime": self.app.classify.runtime.describe(),
         }
 
@@ -342,7 +383,7 @@ def format_summary(summary: dict) -> str:
     lines = [f"{summary['app']}: {summary['frames']} frames in {summary['seconds']:.1f} s: pipeline "
              f"{summary['pipeline_fps']:.1f} FPS, model only {summary['model_only_fps'] or 0:.1f} FPS "
              f"({summary['inferences']} inferences" + (f", {summary['gated']} frames gated" if summary["gated"] else "")
-             + ")"]
+             + f"); CPU {summary['cpu_ms_per_frame']:.2f} ms per frame, all threads"]
     faces = summary.get("faces") or {}
     if faces.get("searched"):
         lines.append(f"faces found in {faces['found']} of {faces['searched']} frames searched")

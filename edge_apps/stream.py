@@ -165,6 +165,11 @@ class MjpegServer:
                 self._status = status
             self._cond.notify_all()
 
+    def set_status(self, status: dict) -> None:
+        """The /status.json dict for a frame that was not encoded (nobody watching the stream)."""
+        with self._cond:
+            self._status = status
+
     def next_frame(self, after: int, timeout: float = 5.0) -> tuple[int, bytes | None]:
         with self._cond:
             self._cond.wait_for(lambda: self._seq != after or self._closed, timeout=timeout)

@@ -38,6 +38,9 @@ from edgekit.core import jsonio
 @click.option("--motion-gate", default=0.0, show_default=True,
               help="Reuse the last result while the picture changes less than this (mean grey levels, 0-255; 0 = off).")
 @click.option("--scale", default=1.0, show_default=True, help="Resize frames by this factor before anything else.")
+@click.option("--reduced-decode/--full-decode", default=True, show_default=True,
+              help="Decode MJPEG videos at 1/2, 1/4 or 1/8 size when the whole-frame model needs no more (frames "
+                   "that are shown stay at least 640x360).")
 @click.option("--window", default=5, show_default=True, help="attend: frames averaged per decision.")
 @click.option("--positive", default=None,
               help="attend: the attentive label (default: the model's recorded positive label).")
@@ -54,7 +57,7 @@ from edgekit.core import jsonio
 @click.option("--threads", default=2, show_default=True, help="Inference threads.")
 def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str | None, out: str, save_video: bool,
             serve: str | None, viewer_token: str | None, show: bool, realtime: bool, loop: bool, reconnect: int, threads: int, every: int,
-            max_frames: int, motion_gate: float, scale: float, **settings) -> None:
+            max_frames: int, motion_gate: float, scale: float, reduced_decode: bool, **settings) -> None:
     """Classify frames from a camera, video, folder or URL in real time with any runtime.
 
     Prints a per-stage latency summary at the end (Ctrl-C ends early; files written so far are kept).
@@ -66,7 +69,8 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
 
     cfg = RunConfig(model=model, runtime=runtime, source=source, app=app, faces=faces, out=out, save_video=save_video,
                     serve=serve, viewer_token=viewer_token, show=show, realtime=realtime, loop=loop, reconnect=reconnect, threads=threads,
-                    pipeline=PipelineConfig(every=every, max_frames=max_frames, motion_gate=motion_gate, scale=scale),
+                    pipeline=PipelineConfig(every=every, max_frames=max_frames, motion_gate=motion_gate, scale=scale,
+                                            reduced_decode=reduced_decode),
                     settings=AppSettings(**settings))
     summary = run_camera(cfg, say=lambda line: click.echo(line, err=True))
     if summary.get("interrupted"):

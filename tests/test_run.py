@@ -151,7 +151,7 @@ def test_frames_of_another_size_are_fitted_into_the_video_not_dropped(tmp_path):
     assert video.read()[1].shape == (120, 160, 3)
     report = sink.report()
     assert report["frames"] == 12 and report["resized"] == 8 and report["size"] == [160, 120]
-    summary = {"app": "x", "frames": 12, "seconds": 1.0, "pipeline_fps": 12.0, "model_only_fps": 1.0,
+    summary = {"app": "x", "frames": 12, "seconds": 1.0, "pipeline_fps": 12.0, "model_only_fps": 1.0, "cpu_ms_per_frame": 2.0,
                "inferences": 12, "gated": 0, "stages": {}, "glass_to_glass": None, "peak_rss_mb": None,
                "source": {"name": "s", "read": 12, "dropped": 0, "corrupt": 0, "reconnects": 0, "error": None},
                "video": report}
@@ -186,3 +186,80 @@ def test_picamera2_source_reads_a_camera_module_through_its_library(exported, tm
     assert "--source picamera2" in doctor.stdout, doctor.stdout
     without = run_cli("run", "--model", str(out / "model.onnx"), "--source", "picamera2", "--out", str(tmp_path / "y"))
     assert without.returncode == 2 and "python3-picamera2" in without.stderr.strip().splitlines()[-1]
+
+
+def _write_clip(path, fourcc: str, size=(160, 120), frames=12):
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, size)
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc}"
+    rng = np.random.default_rng(1)
+    for i in range(frames):
+        image = cv2.GaussianBlur(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), (9, 9), 3)
+        cv2.rectangle(image, (10 + 5 * i, 20), (60 + 5 * i, 80), (230, 200, 30), -1)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def test_mjpeg_video_is_decoded_at_the_reduced_size_the_model_needs(tmp_path):
+    """libjpeg's scaled decoding of the raw JPEG frames: 160x120 -> 80x60 when 32x32 is all that is needed
+    (40x30 would be too small), close to the full decode shrunk with INTER_AREA; other codecs decode as before."""
+    import cv2
+
+    from edgekit.edge_apps.sources import FrameSource
+
+    mjpeg = _write_clip(tmp_path / "mjpeg.avi", "MJPG")
+    full = [f.image for f in FrameSource(str(mjpeg))]
+    source = FrameSource(str(mjpeg))
+    assert source.reduce_decoding(32, 32) == 2
+    reduced = [f.image for f in source]
+    source.close()
+    assert len(reduced) == len(full) == 12 and source.stats.corrupt == 0
+    assert {image.shape for image in reduced} == {(60, 80, 3)}
+    for small, big in zip(reduced, full):
+        shrunk = cv2.resize(big, (80, 60), interpolation=cv2.INTER_AREA)
+        assert np.abs(small.astype(int) - shrunk).mean() < 4
+    source = FrameSource(str(mjpeg))
+    assert source.reduce_decoding(100, 100) == 1  # 80x60 would be smaller than asked: full size
+    source.close()
+    other = FrameSource(str(_write_clip(tmp_path / "mpeg4.avi", "mp4v")))
+    assert other.reduce_decoding(8, 8) == 1 and next(iter(other)).image.shape == (120, 160, 3)
+    other.close()
+
+
+def test_run_decodes_reduced_only_when_nothing_shows_the_frame(exported, clip, tmp_path):
+    out, _ = exported
+    runs = {}
+    for name, extra in {"headless": ["--no-save-video"], "full": ["--no-save-video", "--full-decode"],
+                        "video": []}.items():
+        proc = run_cli("run", "--model", str(out / "model_int8.onnx"), "--source", str(clip),
+                       "--out", str(tmp_path / name), *extra)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = json.loads((tmp_path / name / "summary.json").read_text())
+        assert runs[name]["frames"] == 40 and runs[name]["cpu_ms_per_frame"] > 0
+    # the 96x64 clip, a 32x32 model: 48x32 is enough; a video for people keeps the frame's full size
+    assert runs["headless"]["source"]["decoded_at"] == "1/2"
+    assert runs["full"]["source"]["decoded_at"] == runs["video"]["source"]["decoded_at"] == "full size"
+
+
+def test_stream_without_viewers_encodes_one_frame_a_second_but_keeps_the_status_live(tmp_path):
+    import time
+
+    from edgekit.edge_apps.apps import Analysis, Timer
+    from edgekit.edge_apps.pipeline import SinkThread, StreamSink
+    from edgekit.edge_apps.sources import Frame
+    from edgekit.edge_apps.stream import MjpegServer
+
+    server = MjpegServer(f"127.0.0.1:{free_port()}", token="t")
+    sink = StreamSink(server)
+    timer = Timer()
+    writer = SinkThread([sink], timer)
+    image = np.full((48, 64, 3), 80, np.uint8)
+    for i in range(10):
+        writer.submit(Frame(i, image, time.monotonic(), i / 10), Analysis("a", 0.9), "", {"frames": i + 1})
+    writer.close()  # drains the queue, then closes the server
+    assert len(timer.times["render"]) == 1  # ten frames, nobody watching: one JPEG for /frame.jpg
+    assert server.status()["frames"] == 10  # /status.json still follows every frame
+    server.count(viewers=1)
+    assert sink.wants_frame()
