@@ -1,27 +1,44 @@
 #!/usr/bin/env bash
-# Footprint of the device install (what a Raspberry Pi gets): a fresh venv with `pip install .[onnx]` only,
-# its size on disk, and the peak RSS of `edgekit run` in it (the Fashion-MNIST INT8 ONNX model on
-# Megamind.avi, and the attend app with face detection on the same video).
-# Usage: bash benchmarks/footprint.sh   (repository root; needs runs/fashion_mnist/export/model_int8.onnx from
-# benchmarks/fashion_mnist_export.sh and Megamind.avi from tools/system-packages.sh)
+# Footprint of the device install (what a Raspberry Pi gets):
+#  - x86_64: a fresh venv installed the way the bundle's install.sh does it (`pip install .[onnx]` with no .pyc
+#    written ahead and no wheel cache, then pip leaves the venv), its size on disk, and the peak RSS of
+#    `edgekit run` in it (an INT8 ONNX model on Megamind.avi, whole frame and with face detection);
+#  - aarch64: the same pins from PyPI's aarch64 wheels, unpacked on this machine with pip's --target and
+#    --platform (the files a Pi 4/5 with Python 3.11 gets; measured without emulation).
+# Usage: bash benchmarks/footprint.sh [MODEL_INT8.onnx]   (repository root, the README's venv active;
+#   default model: runs/fashion_mnist/export/model_int8.onnx, else runs/python_versions/bundle/models/model_int8.onnx)
 set -euo pipefail
 OUT=benchmarks/results/footprint.txt
-MODEL=${MODEL:-runs/fashion_mnist/export/model_int8.onnx}
+MODEL=${1:-runs/fashion_mnist/export/model_int8.onnx}
+[[ -f $MODEL ]] || MODEL=runs/python_versions/bundle/models/model_int8.onnx
+[[ -f $MODEL ]] || { echo "error: no INT8 ONNX model; give one, or run benchmarks/python_versions.sh first" >&2; exit 1; }
 VIDEO=/usr/share/doc/opencv-doc/examples/data/Megamind.avi
-VENV=$(mktemp -d)/venv
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+VENV=$TMP/venv
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check ".[onnx]"
+PIP_NO_COMPILE=1 PIP_NO_CACHE_DIR=1 "$VENV/bin/pip" install -q --disable-pip-version-check ".[onnx]"
+"$VENV/bin/pip" uninstall -q -y pip setuptools 2>/dev/null
 site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+python -c "from edgekit.export.bundle import pinned_requirements; print('\n'.join(pinned_requirements()))" > "$TMP/req.txt"
+platforms=()
+for glibc in $(seq 17 36); do platforms+=(--platform "manylinux_2_${glibc}_aarch64"); done
+pip install -q --no-compile --only-binary=:all: "${platforms[@]}" --platform manylinux2014_aarch64 --python-version 3.11 \
+  --target "$TMP/aarch64" -r "$TMP/req.txt" 2> >(grep -v '^WARNING' >&2)
+largest() { du -sm "$1"/* | sort -rn | head -"$2" | awk '{printf "%s %s MB; ", $2, $1}' | sed "s|$1/||g"; }
 {
-  echo "\$ bash benchmarks/footprint.sh   ($(uname -m), $(python3 --version), $(date -u +%F))"
-  echo "packages: $("$VENV/bin/pip" list --format=freeze 2>/dev/null | grep -ivE '^(pip|setuptools)==' | tr '\n' ' ')"
-  echo "venv on disk: $(du -sm "$VENV" | cut -f1) MB (site-packages $(du -sm "$site" | cut -f1) MB; pip itself $(du -sm "$site/pip" | cut -f1) MB)"
-  echo "largest: $(du -sm "$site"/* | sort -rn | head -4 | awk '{printf "%s %s MB; ", $2, $1}' | sed "s|$site/||g")"
+  echo "\$ bash benchmarks/footprint.sh $MODEL   ($(uname -m), $(python3 --version), $(date -u +%F))"
+  echo "packages: $("$VENV/bin/python" -c "from importlib.metadata import distributions as d; print(' '.join(sorted({x.metadata['Name'] + '==' + x.version for x in d()})))")"
+  echo "x86_64 venv on disk: $(du -sm "$VENV" | cut -f1) MB (site-packages $(du -sm "$site" | cut -f1) MB; no pip, no .pyc before first use)"
+  echo "  largest: $(largest "$site" 6)"
+  echo "aarch64 (PyPI wheels for Python 3.11, unpacked with pip --target): $(du -sm "$TMP/aarch64" | cut -f1) MB"
+  echo "  largest: $(largest "$TMP/aarch64" 6)"
+  echo "  the three native cores: onnxruntime/capi $(du -sm "$TMP/aarch64/onnxruntime/capi" | cut -f1) MB, OpenCV (cv2 + its .libs) $(( $(du -sm "$TMP/aarch64/cv2" | cut -f1) + $(du -sm "$TMP/aarch64/opencv_python_headless.libs" | cut -f1) )) MB, numpy (+ OpenBLAS) $(( $(du -sm "$TMP/aarch64/numpy" | cut -f1) + $(du -sm "$TMP/aarch64/numpy.libs" | cut -f1) )) MB"
   for app in classify faces; do
     extra=()
     [[ $app == faces ]] && extra=(--faces haar)
-    "$VENV/bin/edgekit" run --model "$MODEL" --source "$VIDEO" --out "$(dirname "$VENV")/run_$app" ${extra[@]+"${extra[@]}"} >/dev/null 2>&1
-    python3 - "$(dirname "$VENV")/run_$app/summary.json" "$app" <<'PY'
+    "$VENV/bin/edgekit" run --model "$MODEL" --source "$VIDEO" --out "$TMP/run_$app" ${extra[@]+"${extra[@]}"} >/dev/null 2>&1
+    python3 - "$TMP/run_$app/summary.json" "$app" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"edgekit run ({'--faces haar' if sys.argv[2] == 'faces' else 'whole frame'}, ONNX Runtime, "
@@ -30,4 +47,3 @@ print(f"edgekit run ({'--faces haar' if sys.argv[2] == 'faces' else 'whole frame
 PY
   done
 } | tee "$OUT"
-rm -rf "$(dirname "$VENV")"

@@ -20,15 +20,55 @@ from edgekit.core.errors import BadInputError
 
 DEVICE_PACKAGES = ("onnxruntime", "numpy", "opencv-python-headless", "click", "tqdm")
 
+# The Pythons a device may have: Raspberry Pi OS bullseye has 3.9, bookworm 3.11, trixie 3.13.
+DEVICE_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
+# Where this machine's version of a package does not install on a device's Python, the newest release that
+# does (wheels for aarch64 and x86_64; installed and run by benchmarks/python_versions.sh on each Python).
+OLDER_PYTHON_PINS = {
+    "onnxruntime": {"3.9": "1.19.2", "3.10": "1.23.2"},
+    "numpy": {"3.9": "2.0.2", "3.10": "2.2.6"},
+    "click": {"3.9": "8.1.8"},
+}
+
 
 def pinned_requirements() -> list[str]:
+    """requirements.txt lines: this machine's versions of the device packages, for every Python in
+    DEVICE_PYTHONS that they support (their Requires-Python), OLDER_PYTHON_PINS for the others, each line with
+    an environment marker so that pip on the device picks the one for its Python."""
+    from packaging.specifiers import SpecifierSet
+
     lines = []
     for name in DEVICE_PACKAGES:
         try:
-            lines.append(f"{name}=={metadata.version(name)}")
+            version = metadata.version(name)
         except metadata.PackageNotFoundError:
             raise BadInputError(f"--bundle pi pins the versions installed here, and {name} is not installed "
                                 f"(pip install 'edgekit[onnx]')") from None
+        supported = SpecifierSet(metadata.metadata(name).get("Requires-Python") or "")
+        per_python = {}
+        for python in DEVICE_PYTHONS:
+            older = OLDER_PYTHON_PINS.get(name, {}).get(python)
+            per_python[python] = version if f"{python}.0" in supported or older is None else older
+            if per_python[python] == version and f"{python}.0" not in supported:
+                raise BadInputError(f"--bundle pi: {name} {version} (installed here) needs Python {supported}, and "
+                                    f"no version for Python {python} is known; add one to OLDER_PYTHON_PINS")
+        lines += _marked(name, per_python)
+    return lines
+
+
+def _marked(name: str, per_python: dict[str, str]) -> list[str]:
+    """One line per version; the newest Python's version also covers Pythons after DEVICE_PYTHONS."""
+    versions = list(dict.fromkeys(per_python.values()))
+    if len(versions) == 1:
+        return [f"{name}=={versions[0]}"]
+    lines = []
+    for version in versions:
+        pythons = [python for python, v in per_python.items() if v == version]
+        if pythons[-1] == DEVICE_PYTHONS[-1]:
+            marker = f'python_version >= "{pythons[0]}"'
+        else:
+            marker = " or ".join(f'python_version == "{python}"' for python in pythons)
+        lines.append(f"{name}=={version}; {marker}")
     return lines
 
 
@@ -57,26 +97,40 @@ INSTALL = """#!/usr/bin/env bash
 # Install the device environment: a venv with onnxruntime, numpy, OpenCV and edgekit; no torch.
 # Running it again (after copying an updated bundle) replaces edgekit with this bundle's wheel.
 # SYSTEM_PACKAGES=1 bash install.sh: numpy and OpenCV from apt instead of PyPI (a smaller venv).
+# PYTHON=python3.13 bash install.sh: the venv's Python (3.9 to 3.13; requirements.txt pins per Python).
+# An SD card is small: no .pyc files are written ahead (Python writes those it imports), pip keeps no cache
+# of the wheels, and pip itself leaves the venv at the end (this script brings it back when it runs again;
+# KEEP_PIP=1 keeps it).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 VENV=${VENV:-$HOME/edgekit-venv}
+PYTHON=${PYTHON:-python3}
+export PIP_NO_CACHE_DIR=1 PIP_NO_COMPILE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Every pip runs as "$VENV/bin/python -m pip": a bare `pip` missing from the venv would be found further up
+# PATH and change another environment.
+venv() {
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$@" "$VENV"
+  "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --default-pip >/dev/null
+}
+pip() { "$VENV/bin/python" -m pip "$@"; }
 if [ "${SYSTEM_PACKAGES:-0}" = 1 ]; then
   # numpy and OpenCV from the distribution (python3-numpy, python3-opencv): they share the system's FFmpeg
   # and BLAS, the common way on a Pi; the venv then holds onnxruntime, click, tqdm and edgekit only.
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q python3-numpy python3-opencv
-  [ -x "$VENV/bin/python" ] || python3 -m venv --system-site-packages "$VENV"
-  . "$VENV/bin/activate"
+  venv --system-site-packages
   grep -vE "^(numpy|opencv-python-headless)==" "$HERE/requirements.txt" > "$VENV/edgekit-requirements.txt"
   pip install -r "$VENV/edgekit-requirements.txt"
 else
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  . "$VENV/bin/activate"
+  venv
   pip install -r "$HERE/requirements.txt"
 fi
 pip install --no-deps --force-reinstall "$HERE"/wheels/edgekit-*.whl
-edgekit doctor "$HERE/models/%(model)s"
+"$VENV/bin/edgekit" doctor "$HERE/models/%(model)s"
+if [ "${KEEP_PIP:-0}" != 1 ]; then
+  pip uninstall -y -q pip setuptools 2>/dev/null || pip uninstall -y -q pip
+fi
 """
 
 RUN = """#!/usr/bin/env bash
@@ -87,10 +141,10 @@ RUN = """#!/usr/bin/env bash
 # at about 3 GB per hour of 720p MJPEG): RECORD=1 turns it on.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-. "${VENV:-$HOME/edgekit-venv}/bin/activate"
+VENV=${VENV:-$HOME/edgekit-venv}
 VIDEO=--no-save-video
 if [ "${RECORD:-0}" = 1 ]; then VIDEO=--save-video; fi
-exec edgekit run --model "$HERE/models/%(model)s" --runtime onnxruntime --source "${1:-0}" \\
+exec "$VENV/bin/edgekit" run --model "$HERE/models/%(model)s" --runtime onnxruntime --source "${1:-0}" \\
     --serve "${SERVE:-0.0.0.0:8080}" --out "${OUT:-edgekit-run}" "$VIDEO" "${@:2}"
 """
 

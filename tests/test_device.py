@@ -4,6 +4,7 @@ torch; `edgekit export --bundle pi` writes what such a device needs."""
 import json
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -121,11 +122,21 @@ def test_pi_bundle_holds_models_wheel_pinned_requirements_and_scripts(trained, m
     assert {p.name for p in (bundle / "models").iterdir()} == {
         "model.onnx", "model.onnx.edgekit.json", "model_int8.onnx", "model_int8.onnx.edgekit.json"}
     assert len(list((bundle / "wheels").glob("edgekit-*-py3-none-any.whl"))) == 1
-    requirements = [line for line in (bundle / "requirements.txt").read_text().splitlines()
+    from packaging.requirements import Requirement
+
+    from edgekit.export.bundle import DEVICE_PACKAGES, DEVICE_PYTHONS
+
+    requirements = [Requirement(line) for line in (bundle / "requirements.txt").read_text().splitlines()
                     if not line.startswith("#")]
-    assert all("==" in line for line in requirements)
-    assert {line.split("==")[0] for line in requirements} >= {"onnxruntime", "numpy", "opencv-python-headless"}
-    assert not any(line.split("==")[0] in ("torch", "openvino") for line in requirements)
+    assert all(str(r.specifier).startswith("==") for r in requirements)
+    assert not {r.name for r in requirements} & {"torch", "openvino"}
+    for python in DEVICE_PYTHONS + ("3.14",):  # each Python a device may have gets one pin of each package
+        env = {"python_version": python, "python_full_version": python + ".0"}
+        chosen = [r.name for r in requirements if r.marker is None or r.marker.evaluate(env)]
+        assert sorted(chosen) == sorted(DEVICE_PACKAGES), (python, chosen)
+    here = {"python_version": f"{sys.version_info.major}.{sys.version_info.minor}"}
+    assert {f"{r.name}=={metadata.version(r.name)}" for r in requirements if r.marker is None or r.marker.evaluate(
+        {**here, "python_full_version": here["python_version"] + ".0"})} == {f"{n}=={metadata.version(n)}" for n in DEVICE_PACKAGES}
     assert "models/model_int8.onnx" in (bundle / "run.sh").read_text()
     for script in ("install.sh", "run.sh"):
         assert subprocess.run(["bash", "-n", str(bundle / script)]).returncode == 0  # valid bash
@@ -157,6 +168,8 @@ def test_pi_bundle_scripts_work_as_a_user_runs_them(device_venv, trained, mini_d
     install = subprocess.run(["bash", str(bundle / "install.sh")], env=env, cwd=tmp_path, capture_output=True,
                              text=True, timeout=900)
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    python = str(device_venv / "bin" / "python")
+    assert subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode != 0  # pip left
     installed = Path(subprocess.run([str(device_venv / "bin" / "python"), "-c",
                                      "import edgekit.cli as c; print(c.__file__)"], capture_output=True, text=True,
                                     env=env, check=True, cwd=tmp_path).stdout.strip())
@@ -164,6 +177,11 @@ def test_pi_bundle_scripts_work_as_a_user_runs_them(device_venv, trained, mini_d
     again = subprocess.run(["bash", str(bundle / "install.sh")], env=env, cwd=tmp_path, capture_output=True,
                            text=True, timeout=900)
     assert again.returncode == 0 and "TAMPERED" not in installed.read_text(), again.stderr[-2000:]
+    # pip came back for the second run and left again; nothing ran in the environment further up PATH (the
+    # one running these tests: a bare `pip` would have replaced its edgekit and removed its pip)
+    assert subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode != 0
+    assert subprocess.run([sys.executable, "-c", "import edgekit.training, pip"]).returncode == 0
+    subprocess.run([python, "-m", "ensurepip", "--default-pip"], check=True, capture_output=True)  # for later users
     user = tmp_path / "user"
     user.mkdir()
     shutil.copy(clip, user / "my clip.avi")
