@@ -72,6 +72,15 @@ for board in "${boards[@]}"; do
   rm -rf "$bundle"
   edgekit export "$MODEL" --format onnx --int8 --bundle pi --target "$board" --out "$bundle" --data "$DATA"
   python benchmarks/scripts/pi_inputs.py "$VIDEO" "$DATA" "$bundle"
+  python - "$bundle" <<'EOF'  # the pipeline's own cost: a null model of the same spec on a 640x480 MJPEG clip
+import sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks/scripts")
+from pipeline_overhead import make_clip, null_model
+bundle = Path(sys.argv[1])
+make_clip(bundle, loops=1)
+null_model(str(bundle / "models" / "model.onnx"), bundle)
+EOF
   for m in "$bundle"/models/*.onnx; do
     n=$(basename "$m" .onnx)
     edgekit run --model "$m" --source "$bundle/images" --smooth none --hold 1 --no-save-video \
@@ -112,7 +121,8 @@ start=$(date +%s)
 bash /bundle/install.sh 2>&1 | grep -vE "^(Requirement already|Collecting|Downloading|Using cached|  )" | tail -25
 echo "install.sh: exit 0 in $(( $(date +%s) - start )) s (emulated; aarch64 wheels from PyPI)"
 . /opt/edgekit-venv/bin/activate
-pip list --format=freeze 2>/dev/null | grep -iE "^(edgekit|onnxruntime|numpy|opencv-python-headless|click)=="
+python -c "from importlib.metadata import version as v; print(\" \".join(n + \"==\" + v(n) for n in (\"edgekit\", \"onnxruntime\", \"numpy\", \"opencv-python-headless\", \"click\")))"
+python -m pip --version >/dev/null 2>&1 && echo "pip: still in the venv" || echo "pip: left the venv (install.sh)"
 python -c "import torch" 2>/dev/null && { echo "torch is importable: the device install pulled it"; exit 1; } || echo "torch: not installed (as intended)"
 echo "\$ du -sm /opt/edgekit-venv: $(du -sm /opt/edgekit-venv | cut -f1) MB"
 mkdir -p /root/user && cd /root/user
@@ -127,8 +137,14 @@ for m in /bundle/models/*.onnx; do
   fi
 done
 rm -rf /bundle/pi_out && cp -r pi_out /bundle/pi_out
+for decode in --reduced-decode --full-decode; do
+  echo "\$ edgekit run --model /bundle/null.onnx --source /bundle/megamind_640x480.avi --no-save-video --threads 1 $decode   (the pipeline without a model; emulated CPU time: qemu, not a Pi)"
+  edgekit run --model /bundle/null.onnx --source /bundle/megamind_640x480.avi --no-save-video --threads 1 $decode \
+    --out null_out 2>&1 | grep -E "^classify"
+done
 echo "\$ bash /bundle/run.sh ../../bundle/clip.avi   (a relative path, 48 frames of Megamind.avi)"
 OUT=clip_out bash /bundle/run.sh ../../bundle/clip.avi 2>&1 | tail -3
+echo "\$ du -sm /opt/edgekit-venv after the runs (with the .pyc files of what they imported): $(du -sm /opt/edgekit-venv | cut -f1) MB"
 if [ "$QEMU_CPU" = cortex-a72 ]; then  # the smaller install: numpy and OpenCV from Debian
   echo "\$ SYSTEM_PACKAGES=1 VENV=/opt/edgekit-sys bash /bundle/install.sh   (numpy, OpenCV from apt)"
   before=$(dpkg-query -W -f="\${Installed-Size}\n" | awk "{s+=\$1} END {print s}")

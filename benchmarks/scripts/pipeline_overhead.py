@@ -85,7 +85,7 @@ NULL_CONFIGS = ("headless", "headless --full-decode", "video", "video --scale 0.
 
 
 def null_model(model: str, folder: Path) -> Path:
-    """A model that costs next to nothing (global average pool, then a 3x10 MatMul) with ``model``'s input name
+    """A model that costs next to nothing (global average pool, then a channels x classes MatMul) with ``model``'s input name
     and spec: `edgekit run` on it spends its CPU time on everything but a network."""
     import shutil
 
@@ -95,14 +95,16 @@ def null_model(model: str, folder: Path) -> Path:
 
     real = onnx.load(model, load_external_data=False)
     name = real.graph.input[0].name
+    channels = real.graph.input[0].type.tensor_type.shape.dim[1].dim_value or 3
     outputs = real.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
     graph = helper.make_graph(
         [helper.make_node("GlobalAveragePool", [name], ["pooled"]),
          helper.make_node("Flatten", ["pooled"], ["flat"]),
          helper.make_node("MatMul", ["flat", "w"], ["logits"])],
-        "null", [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        "null", [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", channels, "h", "w"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", outputs])],
-        [numpy_helper.from_array(np.linspace(-1, 1, 3 * outputs, dtype=np.float32).reshape(3, outputs), "w")])
+        [numpy_helper.from_array(np.linspace(-1, 1, channels * outputs, dtype=np.float32).reshape(channels, outputs),
+                                 "w")])
     path = folder / "null.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     shutil.copy(model + ".edgekit.json", str(path) + ".edgekit.json")
