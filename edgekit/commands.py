@@ -142,9 +142,10 @@ def demo(out: str, epochs: int, threads: int) -> None:
               "folder (recursive), a video (frames sampled evenly) or a CSV with a path column.")
 @click.option("--calib-size", default=1024, show_default=True, help="Calibration images (at most).")
 @click.option("--calib-batch", default=32, show_default=True)
-@click.option("--onnx-int8", type=click.Choice(["nncf", "ort"]), default="nncf", show_default=True,
+@click.option("--onnx-int8", type=click.Choice(["nncf", "ort", "dynamic"]), default="nncf", show_default=True,
               help="ONNX INT8 via NNCF (MinMax ranges + bias correction; measured closer to FP32 on a real ImageNet "
-                   "network) or onnxruntime's quantize_static (--calib-method, --activation-type, --reduce-range).")
+                   "network), onnxruntime's quantize_static (--calib-method, --activation-type, --reduce-range), or "
+                   "onnxruntime's dynamic quantization (fully connected layers only, no calibration data).")
 @click.option("--onnx-bias-correction", type=click.Choice(["full", "fast"]), default="full", show_default=True,
               help="NNCF on ONNX: full (robust on the demo model) or fast bias correction (see README).")
 @click.option("--keep-float", default="", help="Layers kept in float on every INT8 route, comma-separated: first "

@@ -53,7 +53,7 @@ class ExportConfig:
     debug_layers: str | None = None  # CSV: per-layer error of the ONNX INT8 model (export/int8_debug.py)
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("ov_int8", self.ov_int8, ("nncf", "qdq")), ("onnx_int8", self.onnx_int8, ("nncf", "ort")),
+        for name, value, allowed in (("ov_int8", self.ov_int8, ("nncf", "qdq")), ("onnx_int8", self.onnx_int8, ("nncf", "ort", "dynamic")),
                                      ("onnx_bias_correction", self.onnx_bias_correction, ("full", "fast")),
                                      ("ov_bias_correction", self.ov_bias_correction, ("full", "fast")),
                                      ("calib_method", self.calib_method, ("minmax", "entropy", "percentile")),
@@ -68,6 +68,9 @@ class ExportConfig:
 
         if self.target not in TARGETS:
             raise UnknownNameError("target", self.target, tuple(TARGETS))
+        if self.onnx_int8 == "dynamic" and self.ov_int8 == "qdq" and "openvino" in self.formats:
+            raise BadInputError("--ov-int8 qdq converts the static QDQ graph; dynamic ONNX INT8 has none (use "
+                                "--ov-int8 nncf, or --onnx-int8 nncf|ort)")
         if self.ov_max_drop is not None:
             checks.within("--ov-max-drop", self.ov_max_drop, 0, 1)
             if self.ov_int8 != "nncf":
@@ -161,6 +164,12 @@ class ExportJob:
         return self._fp32_onnx
 
     def int8_onnx(self) -> tuple[Path, dict]:
+        if self._int8_onnx is None and self.cfg.onnx_int8 == "dynamic":
+            from edgekit.export.onnx_format import quantize_dynamic_onnx
+
+            path = self.work / "model_int8.onnx"
+            self._int8_onnx = (path, quantize_dynamic_onnx(self.fp32_onnx(), path, keep_float=self.cfg.keep_float,
+                                                           spec=self.spec.replace(precision="int8")))
         if self._int8_onnx is None:
             from edgekit.export.onnx_format import nncf_qdq, quantize_qdq
 

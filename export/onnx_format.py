@@ -220,6 +220,35 @@ def histogram_sample_cap(onnx_path: Path, budget_mb: float | None = None) -> int
     return max(1, int(budget_mb / max(2 * activation_mb_per_image(onnx_path), 1e-6)))
 
 
+def quantize_dynamic_onnx(fp32_path: Path, out_path: Path, *, keep_float: tuple[str, ...] = (),
+                          spec: ModelSpec) -> dict:
+    """onnxruntime's dynamic quantization (``--onnx-int8 dynamic``): the weights of MatMul/Gemm (PyTorch's
+    Linear) stored as INT8, activations quantized per batch at run time (DynamicQuantizeLinear, MatMulInteger);
+    no calibration data. Convolutions stay FP32, as in PyTorch's dynamic mode: it pays where fully connected
+    layers hold the weights (a small CNN's classifier), not in a MobileNet. Returns the recipe."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(fp32_path)).graph
+    kept = keep_float_nodes([n.name for n in graph.node], [n.op_type for n in graph.node], keep_float, "ONNX graph")
+    quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     nodes_to_exclude=kept or None)
+    proto = onnx.load(str(out_path))
+    quantized = sum(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in proto.graph.node)
+    if not quantized:
+        raise BadInputError(f"--onnx-int8 dynamic: {fp32_path.name} has no MatMul or Gemm left to quantize (dynamic "
+                            "INT8 takes fully connected layers only); use static INT8 (--onnx-int8 nncf or ort)")
+    proto.ir_version = IR_VERSION
+    drop_unused_opsets(proto)
+    recipe = {"scheme": "onnxruntime-dynamic", "weight_type": "s8 per tensor, MatMul/Gemm only",
+              "activations": "u8 per batch, computed at run time", "convolutions": "fp32", "keep_float": kept,
+              "quantized_nodes": int(quantized), "calibration": None}
+    set_metadata(proto, spec.replace(quantization={**spec.quantization, **recipe}))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out_path))
+    return recipe
+
+
 def quantize_qdq(fp32_path: Path, out_path: Path, work_dir: Path, batches: Iterable[np.ndarray], audit, *,
                  calib_method: str = "minmax", activation_type: str = "auto", reduce_range: bool | None = None,
                  exclude: tuple[str, ...] = (), keep_float: tuple[str, ...] = (), spec: ModelSpec,

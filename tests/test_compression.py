@@ -137,6 +137,24 @@ def test_a_grey_small_cnn_exports_to_onnx_and_openvino_and_verifies(small_cnn, m
     assert len(result.verify_rows) >= 3  # the PyTorch reference + both artifacts
 
 
+def test_onnx_dynamic_int8_quantizes_the_small_cnns_linear_layers_without_calibration(small_cnn, tmp_path):
+    """--onnx-int8 dynamic: MatMul/Gemm weights in INT8 (MatMulInteger at run time), convolutions left FP32, no
+    data needed; the file shrinks by about what the linear layers hold and verify still passes."""
+    import onnx
+
+    proc = run_cli("export", str(small_cnn["checkpoint"]), "--format", "onnx", "--int8", "--onnx-int8", "dynamic",
+                   "--verify-images", "100", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "model_int8.onnx")).graph.node]
+    assert "MatMulInteger" in ops and "Conv" in ops and "QuantizeLinear" not in ops
+    assert (tmp_path / "model_int8.onnx").stat().st_size < 0.4 * (tmp_path / "model.onnx").stat().st_size
+    recipe = json.loads((tmp_path / "model_int8.onnx.edgekit.json").read_text())["spec"]["quantization"]
+    assert recipe["scheme"] == "onnxruntime-dynamic" and recipe["quantized_nodes"] >= 1
+    bad = run_cli("export", str(small_cnn["checkpoint"]), "--format", "onnx", "--format", "openvino", "--int8",
+                  "--onnx-int8", "dynamic", "--ov-int8", "qdq", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "dynamic ONNX INT8 has none" in bad.stderr.strip().splitlines()[-1]
+
+
 def test_distillation_loss_is_zero_for_a_student_equal_to_its_teacher_and_pure_hard_loss_at_alpha_0(trained):
     from edgekit.training.distill import Distiller
 
