@@ -82,9 +82,16 @@ PY
     --threads 1 --out "$OUT/digits_small_cnn/model_static_int8.pt" --json "$RES/compression_digits_static.json" || true
   run digits_export edgekit export "$OUT/digits_small_cnn/model.pt" --format onnx --int8 --data "$OUT/digits" \
     --out "$OUT/digits_small_cnn/onnx" || true
+  run digits_export_dynamic edgekit export "$OUT/digits_small_cnn/model.pt" --format onnx --int8 --onnx-int8 dynamic \
+    --data "$OUT/digits" --out "$OUT/digits_small_cnn/onnx_dynamic" || true
+  cp "$OUT/digits_small_cnn/onnx_dynamic/model_int8.onnx" "$OUT/digits_small_cnn/onnx/model_dynamic_int8.onnx"
+  cp "$OUT/digits_small_cnn/onnx_dynamic/model_int8.onnx.edgekit.json" \
+    "$OUT/digits_small_cnn/onnx/model_dynamic_int8.onnx.edgekit.json"
+  # every row side by side in one run, 1 thread (the small model's ops are too short to split)
   run digits_bench edgekit bench run "$OUT/digits_small_cnn/model.pt" "$OUT/digits_small_cnn/model_int8.pt" \
     "$OUT/digits_small_cnn/model_static_int8.pt" "$OUT/digits_small_cnn/onnx/model.onnx" \
-    "$OUT/digits_small_cnn/onnx/model_int8.onnx" --threads 1 --data "$OUT/digits" || true
+    "$OUT/digits_small_cnn/onnx/model_dynamic_int8.onnx" "$OUT/digits_small_cnn/onnx/model_int8.onnx" \
+    --threads 1 --data "$OUT/digits" --min-seconds 5 --json "$RES/compression_digits_bench.json" || true
   run fmnist_dynamic edgekit quantize "$OUT/small_cnn/model.pt" --data "$FMNIST" --mode dynamic \
     --threads 1 --json "$RES/compression_fmnist_dynamic.json" || true
 fi
