@@ -2,8 +2,8 @@
 
 Two methods, because they save different things:
 
-- ``l1-unstructured``: the smallest-magnitude weights of all convolution and linear layers together (global
-  L1, ``torch.nn.utils.prune``) become zeros. The architecture is unchanged, so the dense file is as large
+- ``l1-unstructured``: the smallest-magnitude weights of each convolution and linear layer (L1 per layer,
+  ``torch.nn.utils.prune``) become zeros. The architecture is unchanged, so the dense file is as large
   and as slow as before; only a compressed file (gzip of the checkpoint) shrinks, and a runtime with sparse
   kernels could be faster. The table reports exactly that: sparsity, dense size, gzip size, latency.
 - ``channel``: whole output channels go, chosen by the L1 magnitude of each dependency group
@@ -76,10 +76,16 @@ def _prunable(model, protect: tuple[str, ...]) -> list:
 
 
 def prune_unstructured(model, ratio: float, protect: tuple[str, ...]) -> None:
-    """Global L1 magnitude pruning of every Conv2d/Linear weight (masks stay attached until made permanent)."""
+    """L1 magnitude pruning of each Conv2d/Linear weight by ``ratio`` (masks stay attached until made permanent).
+
+    Per layer, not global: weight scales differ between layers (BatchNorm after a convolution makes its
+    weights' magnitude arbitrary), and one global threshold on the Fashion-MNIST MobileNetV2 at 50% zeroed the
+    depthwise convolutions of blocks 15-17 entirely and 95.5% of the classifier: accuracy 0.10, and no
+    fine-tuning brings a zeroed layer back (its mask stays)."""
     import torch.nn.utils.prune as tprune
 
-    tprune.global_unstructured(_prunable(model, protect), pruning_method=tprune.L1Unstructured, amount=ratio)
+    for module, name in _prunable(model, protect):
+        tprune.l1_unstructured(module, name, amount=ratio)
 
 
 def plain_copy(model, unpruned):
