@@ -146,7 +146,7 @@ class StreamSink:
     IDLE_SECONDS = 1.0
 
     def __init__(self, server, quality: int = 80):
-        self.server, self.quality, self.status = server, quality, {}
+        self.server, self.quality = server, quality
         self.encoded_at = -float("inf")
 
     def wants_frame(self) -> bool:
@@ -158,7 +158,7 @@ class StreamSink:
         self.encoded_at = time.monotonic()
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if ok:
-            self.server.publish(jpeg.tobytes(), self.status)
+            self.server.publish(jpeg.tobytes())
 
     def close(self) -> None:
         self.server.close()
@@ -207,8 +207,7 @@ class SinkThread:
             try:
                 for sink in self.sinks:
                     if isinstance(sink, StreamSink):
-                        sink.status = status
-                        sink.server.set_status(status)
+                        sink.server.set_status(status)  # every frame, encoded or not
                 wanted = [sink for sink in self.sinks if getattr(sink, "wants_frame", lambda: True)()]
                 if not wanted:
                     continue  # nobody watches the stream and no file or window takes this frame
@@ -315,14 +314,14 @@ class Pipeline:
     def _decode_floor(self) -> tuple[int, int] | None:
         """The smallest (width, height) frames may be decoded at: the model's input for apps that classify
         the whole frame (a face needs the full frame), at least SHOWN_MIN when a sink shows it. None: full."""
-        from edgekit.core.spec import CROP_FRACTION
+        from edgekit.core.spec import crop_resize_to
 
         if not self.config.reduced_decode or self.config.scale != 1.0 or not self.app.prepare:
             return None
         spec = self.app.classify.spec
         height, width = spec.input_size
         if spec.resize == "crop":  # the shorter side is resized to resize_to before the centre is cut
-            width = height = spec.resize_to or round(max(height, width) / CROP_FRACTION)
+            width = height = crop_resize_to(spec)
         if self.sinks:
             width, height = max(width, self.SHOWN_MIN[0]), max(height, self.SHOWN_MIN[1])
         return width, height

@@ -47,9 +47,11 @@ def pinned_requirements() -> list[str]:
         supported = SpecifierSet(metadata.metadata(name).get("Requires-Python") or "")
         per_python = {}
         for python in DEVICE_PYTHONS:
-            older = OLDER_PYTHON_PINS.get(name, {}).get(python)
-            per_python[python] = version if f"{python}.0" in supported or older is None else older
-            if per_python[python] == version and f"{python}.0" not in supported:
+            if f"{python}.0" in supported:
+                per_python[python] = version
+            elif python in OLDER_PYTHON_PINS.get(name, {}):
+                per_python[python] = OLDER_PYTHON_PINS[name][python]
+            else:
                 raise BadInputError(f"--bundle pi: {name} {version} (installed here) needs Python {supported}, and "
                                     f"no version for Python {python} is known; add one to OLDER_PYTHON_PINS")
         lines += _marked(name, per_python)
@@ -129,7 +131,7 @@ fi
 pip install --no-deps --force-reinstall "$HERE"/wheels/edgekit-*.whl
 "$VENV/bin/edgekit" doctor "$HERE/models/%(model)s"
 if [ "${KEEP_PIP:-0}" != 1 ]; then
-  pip uninstall -y -q pip setuptools 2>/dev/null || pip uninstall -y -q pip
+  pip uninstall -y -q pip setuptools  # setuptools may not be there (Python 3.12+): pip only warns
 fi
 """
 

@@ -249,6 +249,12 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return out if out.ndim == image.ndim else out[:, :, None]  # OpenCV drops a single channel axis
 
 
+def crop_resize_to(spec: "ModelSpec") -> int:
+    """``resize: crop``: the size the shorter side is resized to before the centre is cut (``spec.resize_to``,
+    default the input size / CROP_FRACTION, i.e. 256 for 224)."""
+    return spec.resize_to or round(max(spec.input_size) / CROP_FRACTION)
+
+
 def fit_to_input(image: np.ndarray, spec: "ModelSpec") -> np.ndarray:
     """Bring an image to the model's input size the way ``spec.resize`` says:
 
@@ -268,7 +274,7 @@ def fit_to_input(image: np.ndarray, spec: "ModelSpec") -> np.ndarray:
         top, left = (height - nh) // 2, (width - nw) // 2
         out[top:top + nh, left:left + nw] = _resize(image, nw, nh)
         return out
-    short = spec.resize_to or round(max(height, width) / CROP_FRACTION)
+    short = crop_resize_to(spec)
     # the shorter side becomes `short`, the longer one is truncated as torchvision's Resize does
     nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
     nh, nw = max(nh, height), max(nw, width)
