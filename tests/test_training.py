@@ -60,9 +60,13 @@ def test_static_int8_fuses_and_uses_quantized_kernels(quantized):
     assert ckpt.spec.quantization["calibration"]["samples"] == 64
     model = load_model(ckpt)
     kinds = {type(m) for m in model.modules()}
-    assert nnq.Conv2d in kinds and nnq.Linear in kinds
+    assert nnq.Conv2d in kinds
+    classifier = model.get_submodule("classifier.1")  # INT8 weights, float logits (no ties between classes)
+    assert classifier.weight_int8.dtype == torch.int8 and classifier.weight_int8.shape == (10, 1280)
+    assert ckpt.spec.quantization["float_logits"] is True
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # folded into the convs
-    assert "quantize_per_tensor" in model.code and "dequantize" in model.code
+    assert "quantize_per_tensor" in model.code  # the input is quantized once; the logits come out float
+    assert model(torch.zeros(1, 3, 32, 32)).dtype == torch.float32
     first_conv = next(m for m in model.modules() if isinstance(m, nnq.Conv2d))
     assert first_conv.weight().dtype == torch.qint8
 
@@ -255,3 +259,16 @@ def test_data_with_other_classes_is_refused_in_one_short_line():
     with pytest.raises(BadInputError) as refused:
         table.relabel(tuple(f"m{i:04d}" for i in range(1000)), "photos/")
     assert len(str(refused.value)) < 300 and "and 995 more" in str(refused.value)
+
+
+def test_activation_ranges_are_the_mean_of_each_images_min_and_max():
+    """One outlier image does not set the scale every image is quantized with (edgekit's activation recipe)."""
+    from edgekit.models.loading import qconfig_mapping
+
+    observer = qconfig_mapping("x86").global_qconfig.activation()
+    observer(torch.tensor([[0.0, 1.0], [-1.0, 3.0]]))  # two images: maxima 1 and 3, minima 0 and -1
+    observer(torch.tensor([[0.0, 20.0]]))  # an outlier image
+    assert float(observer.max_val) == pytest.approx((1 + 3 + 20) / 3)
+    assert float(observer.min_val) == pytest.approx(-1 / 3)
+    scale, zero_point = observer.calculate_qparams()
+    assert float(scale) == pytest.approx((8 + 1 / 3) / 255, rel=1e-5) and int(zero_point) in (10, 11)

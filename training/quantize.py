@@ -117,7 +117,7 @@ def _calibrate(fp32, ckpt, data_table, cfg: QuantizeConfig, engine: str):
     missing = [name for name, count in audit.class_counts.items() if count == 0]
     if missing:
         log.warning("calibration saw no images of: %s", ", ".join(missing))
-    return convert_static(prepared), audit, keep
+    return convert_static(prepared, float_logits=True), audit, keep
 
 
 def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
@@ -156,9 +156,9 @@ def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
                             "seconds": time.perf_counter() - start})
             log.info("QAT epoch %d: train loss %.4f acc %.4f", epoch, loss, accuracy)
     recipe = {"scheme": "pytorch-fx-static", "engine": engine, "reduce_range": cfg.reduce_range, "keep_float": keep,
-              "training": {"method": "qat", "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "images": int(len(train_idx)),
+              "float_logits": True, "training": {"method": "qat", "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "images": int(len(train_idx)),
                            "history": history}}
-    return convert_static(model), recipe
+    return convert_static(model, float_logits=True), recipe
 
 
 def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
@@ -179,7 +179,7 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict:
     if cfg.mode == "static":
         int8, audit, keep = _calibrate(fp32, ckpt, lambda: table, cfg, engine)
         recipe = {"scheme": "pytorch-fx-static", "engine": engine, "reduce_range": cfg.reduce_range,
-                  "keep_float": keep, "calibration": audit.to_dict()}
+                  "keep_float": keep, "float_logits": True, "calibration": audit.to_dict()}
     elif cfg.mode == "qat":
         int8, recipe = _qat(fp32, ckpt, table, cfg, engine)
     else:
