@@ -47,6 +47,8 @@ CANDIDATES = (
     ("openvino int8 nncf fast", "openvino", {"formats": ("openvino",), "int8": True, "ov_bias_correction": "fast"}),
     ("openvino int8 nncf keep depthwise", "openvino", {"formats": ("openvino",), "int8": True,
                                                        "keep_float": ("depthwise",)}),
+    ("openvino int8 nncf keep first,depthwise", "openvino", {"formats": ("openvino",), "int8": True,
+                                                             "keep_float": ("first", "depthwise")}),
     (ACCURACY_CONTROL, "openvino", {"formats": ("openvino",), "int8": True}),
     ("openvino fp16", "openvino", {"formats": ("openvino",), "fp16": True}),
 )
