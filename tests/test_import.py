@@ -258,8 +258,9 @@ def test_keep_float_on_the_pytorch_route(trained, mini_data, tmp_path):
 
     def quantized_layers(path):
         model = load_model(load_checkpoint(path))
-        return [n for n, m in model.named_modules()
-                if type(m).__module__.startswith("torch.ao.nn.quantized") and hasattr(m, "weight")]
+        return [n for n, m in model.named_modules()  # INT8 kernels, and the classifier's INT8 weights
+                if (type(m).__module__.startswith("torch.ao.nn.quantized") and hasattr(m, "weight"))
+                or hasattr(m, "weight_int8")]
 
     counts = {}
     for name, keep in (("all", ""), ("kept", "first,last"), ("depthwise", "depthwise")):

@@ -181,7 +181,7 @@ def keep_float_modules(model, keep: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def prepare_static(model, spec, engine: str, reduce_range: bool = False, keep_float: tuple[str, ...] = ()):
-    """Fuse Conv-BN(-ReLU), insert observers (FX graph mode) and pin ReLU6 ranges to [0, 6]; the modules in
+    """Fuse Conv-BN(-ReLU), insert observers (FX graph mode) and clip the ranges around ReLU6 to [0, 6]; the modules in
     ``keep_float`` (resolved names) stay in float."""
     import torch
     from torch.ao.quantization.quantize_fx import prepare_fx
@@ -198,7 +198,7 @@ def prepare_static(model, spec, engine: str, reduce_range: bool = False, keep_fl
 
 def prepare_qat(model, spec, engine: str, reduce_range: bool = False, keep_float: tuple[str, ...] = ()):
     """Quantization-aware training: the same recipe as :func:`prepare_static` (per-channel symmetric INT8
-    weights, per-tensor activations, ReLU6 pinned to [0, 6], Conv-BN fused) with fake quantizers that track
+    weights, per-tensor activations, ranges around ReLU6 clipped to [0, 6], Conv-BN fused) with fake quantizers that track
     moving-average min/max ranges, in train mode. ``convert_static`` of the trained result gives the same
     module structure as post-training INT8, so a QAT checkpoint loads like any other."""
     import torch
