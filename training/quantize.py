@@ -156,7 +156,8 @@ def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
                             "seconds": time.perf_counter() - start})
             log.info("QAT epoch %d: train loss %.4f acc %.4f", epoch, loss, accuracy)
     recipe = {"scheme": "pytorch-fx-static", "engine": engine, "reduce_range": cfg.reduce_range, "keep_float": keep,
-              "float_logits": True, "training": {"method": "qat", "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "images": int(len(train_idx)),
+              "float_logits": True,
+              "training": {"method": "qat", "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "images": int(len(train_idx)),
                            "history": history}}
     return convert_static(model, float_logits=True), recipe
 

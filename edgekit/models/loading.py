@@ -181,8 +181,8 @@ def keep_float_modules(model, keep: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def prepare_static(model, spec, engine: str, reduce_range: bool = False, keep_float: tuple[str, ...] = ()):
-    """Fuse Conv-BN(-ReLU), insert observers (FX graph mode) and clip the ranges around ReLU6 to [0, 6]; the modules in
-    ``keep_float`` (resolved names) stay in float."""
+    """Fuse Conv-BN(-ReLU), insert observers (FX graph mode) and clip the ranges around ReLU6 to [0, 6]; the
+    modules in ``keep_float`` (resolved names) stay in float."""
     import torch
     from torch.ao.quantization.quantize_fx import prepare_fx
 
@@ -198,9 +198,9 @@ def prepare_static(model, spec, engine: str, reduce_range: bool = False, keep_fl
 
 def prepare_qat(model, spec, engine: str, reduce_range: bool = False, keep_float: tuple[str, ...] = ()):
     """Quantization-aware training: the same recipe as :func:`prepare_static` (per-channel symmetric INT8
-    weights, per-tensor activations, ranges around ReLU6 clipped to [0, 6], Conv-BN fused) with fake quantizers that track
-    moving-average min/max ranges, in train mode. ``convert_static`` of the trained result gives the same
-    module structure as post-training INT8, so a QAT checkpoint loads like any other."""
+    weights, per-tensor activations, ranges around ReLU6 clipped to [0, 6], Conv-BN fused) with fake
+    quantizers that track moving-average min/max ranges, in train mode. ``convert_static`` of the trained
+    result gives the same module structure as post-training INT8, so a QAT checkpoint loads like any other."""
     import torch
     from torch.ao.quantization import FakeQuantize, QConfig, get_default_qat_qconfig_mapping
     from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
@@ -241,7 +241,8 @@ def _int8_weight_linear():
     import torch
 
     class Int8WeightLinear(torch.nn.Module):
-        """A Linear layer with per-output-channel INT8 weights, a float input and a float output."""
+        """A Linear layer with per-output-channel INT8 weights, a float input and a float output. (The float
+        weights are made per call: a cached copy changes the graph torch.onnx traces between calls.)"""
 
         def __init__(self, weight_int8, scales, bias):
             super().__init__()
@@ -268,27 +269,27 @@ def float_logits_classifier(converted) -> str | None:
     from torch.ao.nn.quantized import Conv2d as QConv2d, Linear as QLinear
 
     modules = dict(converted.named_modules())
-    last = [node.target for node in converted.graph.nodes if node.op == "call_module"
-            and isinstance(modules.get(node.target), (QConv2d, QLinear))]
-    if not last or not isinstance(modules[last[-1]], QLinear):
+    layers = [node for node in converted.graph.nodes if node.op == "call_module"
+              and isinstance(modules.get(node.target), (QConv2d, QLinear))]
+    if not layers or not isinstance(modules[layers[-1].target], QLinear):
         return None
-    layer = modules[last[-1]]
+    node = layers[-1]
+    layer = modules[node.target]
     weight = layer.weight()
     if weight.qscheme() in (torch.per_channel_symmetric, torch.per_channel_affine):
         scales = weight.q_per_channel_scales().to(torch.float32)
     else:
         scales = torch.full((weight.shape[0],), weight.q_scale(), dtype=torch.float32)
     bias = layer.bias() if layer.bias() is not None else torch.zeros(weight.shape[0])
-    converted.set_submodule(last[-1], _int8_weight_linear()(weight.int_repr(), scales, bias.detach().clone()))
+    converted.set_submodule(node.target, _int8_weight_linear()(weight.int_repr(), scales, bias.detach().clone()))
     # Its output is float now: drop the dequantize that followed it (torch.onnx refuses one on a float tensor).
-    for node in [n for n in converted.graph.nodes if n.op == "call_module" and n.target == last[-1]]:
-        for user in list(node.users):
-            if (user.op == "call_method" and user.target == "dequantize") or \
-                    (user.op == "call_function" and user.target is torch.dequantize):
-                user.replace_all_uses_with(node)
-                converted.graph.erase_node(user)
+    for user in list(node.users):
+        if (user.op == "call_method" and user.target == "dequantize") or \
+                (user.op == "call_function" and user.target is torch.dequantize):
+            user.replace_all_uses_with(node)
+            converted.graph.erase_node(user)
     converted.recompile()
-    return last[-1]
+    return node.target
 
 
 def relu6_any_layout(x):
