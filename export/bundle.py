@@ -29,6 +29,10 @@ OLDER_PYTHON_PINS = {
     "numpy": {"3.9": "2.0.2", "3.10": "2.2.6"},
     "click": {"3.9": "8.1.8"},
 }
+# Where an ARM device gets another version than this machine's: the newest opencv-python-headless whose aarch64
+# wheel does not carry the AV1 and AVIF codecs (libaom, libavif: 4.12 and later), 14.5 MB less on the device;
+# the emulated Pi runs (benchmarks/pi_emulated.sh) check its labels against this machine's.
+AARCH64_PINS = {"opencv-python-headless": "4.11.0.86"}
 
 
 def pinned_requirements() -> list[str]:
@@ -54,7 +58,14 @@ def pinned_requirements() -> list[str]:
             else:
                 raise BadInputError(f"--bundle pi: {name} {version} (installed here) needs Python {supported}, and "
                                     f"no version for Python {python} is known; add one to OLDER_PYTHON_PINS")
-        lines += _marked(name, per_python)
+        if name in AARCH64_PINS:
+            lines += [f'{name}=={AARCH64_PINS[name]}; platform_machine == "aarch64"']
+            for line in _marked(name, per_python):
+                pin, _, marker = line.partition("; ")
+                lines.append(f'{pin}; ({marker}) and platform_machine != "aarch64"' if marker
+                             else f'{pin}; platform_machine != "aarch64"')
+        else:
+            lines += _marked(name, per_python)
     return lines
 
 
@@ -101,20 +112,24 @@ INSTALL = """#!/usr/bin/env bash
 # SYSTEM_PACKAGES=1 bash install.sh: numpy and OpenCV from apt instead of PyPI (a smaller venv).
 # PYTHON=python3.13 bash install.sh: the venv's Python (3.9 to 3.13; requirements.txt pins per Python).
 # An SD card is small: no .pyc files are written ahead (Python writes those it imports), pip keeps no cache
-# of the wheels, and pip itself leaves the venv at the end (this script brings it back when it runs again;
+# of the wheels, the files inference never uses are removed after pip (about 46 MB on aarch64: onnxruntime's
+# C API library, numpy's tests, unused OpenCV cascades; `python -m edgekit.export.device_trim` lists them;
+# TRIM=0 keeps them), and pip itself leaves the venv at the end (this script brings it back when it runs again;
 # KEEP_PIP=1 keeps it).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 VENV=${VENV:-$HOME/edgekit-venv}
 PYTHON=${PYTHON:-python3}
-export PIP_NO_CACHE_DIR=1 PIP_NO_COMPILE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# --no-compile as an option: pip reads PIP_NO_COMPILE=1 as "compile" (a boolean --no-* option set from the
+# environment is inverted), which wrote 24 MB of .pyc for modules nothing imports.
+export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # Every pip runs as "$VENV/bin/python -m pip": a bare `pip` missing from the venv would be found further up
 # PATH and change another environment.
 venv() {
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$@" "$VENV"
   "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --default-pip >/dev/null
 }
-pip() { "$VENV/bin/python" -m pip "$@"; }
+pip() { if [ "$1" = install ]; then shift; set -- install --no-compile "$@"; fi; "$VENV/bin/python" -m pip "$@"; }
 if [ "${SYSTEM_PACKAGES:-0}" = 1 ]; then
   # numpy and OpenCV from the distribution (python3-numpy, python3-opencv): they share the system's FFmpeg
   # and BLAS, the common way on a Pi; the venv then holds onnxruntime, click, tqdm and edgekit only.
@@ -129,6 +144,9 @@ else
   pip install -r "$HERE/requirements.txt"
 fi
 pip install --no-deps --force-reinstall "$HERE"/wheels/edgekit-*.whl
+if [ "${TRIM:-1}" = 1 ]; then
+  "$VENV/bin/python" -m edgekit.export.device_trim "$("$VENV/bin/python" -c 'import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parents[1])')"
+fi
 "$VENV/bin/edgekit" doctor "$HERE/models/%(model)s"
 if [ "${KEEP_PIP:-0}" != 1 ]; then
   pip uninstall -y -q pip setuptools  # setuptools may not be there (Python 3.12+): pip only warns
@@ -156,8 +174,9 @@ Models: %(models)s (labels and preprocessing are in each `.edgekit.json`).
 
 1. Copy this folder to the Pi: `scp -r %(name)s pi@raspberrypi.local:`
 2. On the Pi: `bash %(name)s/install.sh` (a venv in ~/edgekit-venv from `requirements.txt`: onnxruntime,
-   numpy, opencv-python-headless, click, tqdm at the versions tested; aarch64 wheels from PyPI; no torch).
-   It ends with `edgekit doctor`, which checks the OS is 64-bit, the CPU's INT8 support, the camera and
+   numpy, opencv-python-headless, click, tqdm at the versions tested; aarch64 wheels from PyPI; no torch;
+   about 150 MB). After pip it removes what inference never uses (onnxruntime's C API library, numpy's tests,
+   OpenCV cascades edgekit does not load: about 46 MB; `TRIM=0` keeps everything). It ends with `edgekit doctor`, which checks the OS is 64-bit, the CPU's INT8 support, the camera and
    that the model loads and runs. `SYSTEM_PACKAGES=1 bash %(name)s/install.sh` takes numpy and OpenCV from
    the distribution (`python3-numpy`, `python3-opencv`, with sudo) instead: a smaller venv, and the system's
    own FFmpeg and BLAS. Picamera2 (`python3-picamera2`) is also a system package: use this mode for
@@ -170,8 +189,8 @@ Models: %(models)s (labels and preprocessing are in each `.edgekit.json`).
    dot-product instructions, so INT8 may not beat FP32 there; a Pi 5 (Cortex-A76) has them. The INT8 model
    was made for %(target)s and checked on %(host)s, not on the Pi itself.
 
-Requirements were pinned on %(host)s with Python %(python)s; a Pi with another Python minor version may need
-the nearest versions instead.
+Requirements were pinned on %(host)s with Python %(python)s: one version per device Python (3.9 to 3.13, chosen
+by environment markers), and on ARM the OpenCV release without the AV1/AVIF codecs (a smaller install).
 """
 
 

@@ -168,6 +168,12 @@ def test_pi_bundle_scripts_work_as_a_user_runs_them(device_venv, trained, mini_d
     install = subprocess.run(["bash", str(bundle / "install.sh")], env=env, cwd=tmp_path, capture_output=True,
                              text=True, timeout=900)
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    # the device trim ran on the real wheels, and the doctor and run.sh below still work in what it left
+    assert "trim: removed" in install.stdout
+    site = next((device_venv / "lib").glob("python3*/site-packages"))
+    assert not list(site.glob("onnxruntime/capi/libonnxruntime.so*")) and not list(site.glob("numpy/**/tests"))
+    assert sorted(p.name for p in site.glob("cv2/data/*.xml")) == ["haarcascade_eye.xml",
+                                                                  "haarcascade_frontalface_alt2.xml"]
     python = str(device_venv / "bin" / "python")
     assert subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode != 0  # pip left
     installed = Path(subprocess.run([str(device_venv / "bin" / "python"), "-c",
@@ -190,3 +196,43 @@ def test_pi_bundle_scripts_work_as_a_user_runs_them(device_venv, trained, mini_d
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((user / "edgekit-run" / "summary.json").read_text())
     assert summary["frames"] == 10 and not (user / "edgekit-run" / "annotated.avi").exists()
+
+
+def test_device_trim_removes_only_what_inference_never_uses(tmp_path):
+    """The rules on a tree shaped like the device wheels: nested matches counted once, the cascades edgekit
+    loads kept, a dry run removes nothing, and a folder that is not site-packages is refused in one line."""
+    from edgekit.export.device_trim import KEPT_CASCADES, main, trim
+
+    site = tmp_path / "site-packages"
+    files = {"onnxruntime/capi/libonnxruntime.so.1.32.0": 1000, "onnxruntime/capi/onnxruntime_pybind11_state.so": 7,
+             "onnxruntime/transformers/fusion.py": 50, "onnxruntime/__init__.py": 3,
+             "numpy/_core/tests/test_a.py": 200, "numpy/f2py/tests/test_b.py": 30, "numpy/f2py/crackfortran.py": 40,
+             "numpy/_core/multiarray.pyi": 5, "numpy/_core/multiarray.py": 9, "numpy/testing/__init__.py": 4,
+             "cv2/data/haarcascade_smile.xml": 300, **{f"cv2/data/{name}": 11 for name in KEPT_CASCADES}}
+    for name, size in files.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_bytes(b"x" * size)
+    assert sum(trim(site, dry_run=True).values()) == 1000 + 50 + 200 + 30 + 40 + 5 + 300
+    assert all((site / name).exists() for name in files)
+    freed = trim(site)
+    assert freed["numpy/f2py"] == 70 and freed["numpy/**/tests"] == 200  # f2py's tests counted with f2py
+    left = sorted(str(p.relative_to(site)) for p in site.rglob("*") if p.is_file())
+    assert left == sorted(["onnxruntime/capi/onnxruntime_pybind11_state.so", "onnxruntime/__init__.py",
+                           "numpy/_core/multiarray.py", "numpy/testing/__init__.py",
+                           *(f"cv2/data/{name}" for name in KEPT_CASCADES)])
+    assert sum(trim(site).values()) == 0  # again: nothing left to remove
+    assert main([str(tmp_path)]) == 2  # no onnxruntime there
+
+
+def test_bundle_requirements_give_arm_devices_the_lean_opencv():
+    from packaging.requirements import Requirement
+
+    from edgekit.export.bundle import AARCH64_PINS, pinned_requirements
+
+    for machine, python in (("aarch64", "3.9"), ("aarch64", "3.13"), ("x86_64", "3.11"), ("x86_64", "3.9")):
+        env = {"platform_machine": machine, "python_version": python, "python_full_version": python + ".0"}
+        chosen = [Requirement(line) for line in pinned_requirements()]
+        opencv = [str(r.specifier) for r in chosen if r.name == "opencv-python-headless" and r.marker.evaluate(env)]
+        expected = AARCH64_PINS["opencv-python-headless"] if machine == "aarch64" else metadata.version(
+            "opencv-python-headless")
+        assert opencv == [f"=={expected}"], (machine, python, opencv)
