@@ -37,6 +37,14 @@ fi
 if [[ ! -f $MODEL ]]; then
   edgekit train --data "$DATA" --weights none --imgsz 32 --epochs 3 --limit 6000 --out "$(dirname "$MODEL")"
 fi
+# A one-logit model for `edgekit join` (two real Fashion-MNIST classes: it shows join works on the device, no
+# accuracy is read from it).
+BINARY=runs/pi_emulated/binary/model.onnx
+if [[ ! -f $BINARY ]]; then
+  python benchmarks/scripts/pi_binary_data.py "$DATA" runs/pi_emulated/binary_data
+  edgekit train --data runs/pi_emulated/binary_data --weights none --imgsz 32 --epochs 2 --out "$(dirname "$BINARY")"
+  edgekit export "${BINARY%.onnx}.pt" --format onnx
+fi
 
 # 3. A minimal root file system, cached (no libgl1: the headless OpenCV wheel does not need mesa).
 if [[ ! -x $ROOTFS/usr/bin/python3 ]]; then
@@ -72,6 +80,7 @@ for board in "${boards[@]}"; do
   rm -rf "$bundle"
   edgekit export "$MODEL" --format onnx --int8 --bundle pi --target "$board" --out "$bundle" --data "$DATA"
   python benchmarks/scripts/pi_inputs.py "$VIDEO" "$DATA" "$bundle"
+  cp "$BINARY" "$bundle/binary.onnx" && cp "$BINARY.edgekit.json" "$bundle/binary.onnx.edgekit.json"
   python - "$bundle" <<'EOF'  # the pipeline's own cost: a null model of the same spec on a 640x480 MJPEG clip
 import sys
 from pathlib import Path
@@ -105,6 +114,7 @@ EOF
     PIP_DISABLE_PIP_VERSION_CHECK=1 VENV=/opt/edgekit-venv SERVE=127.0.0.1:0 \
     /bin/bash -euo pipefail -c '
 cd /root
+rm -rf /opt/edgekit-venv /opt/edgekit-sys  # every run measures a fresh install
 echo "\$ uname -m: $(uname -m); $(python3 --version); QEMU_CPU=$QEMU_CPU"
 python3 - <<EOF
 import ctypes
@@ -125,6 +135,7 @@ python -c "from importlib.metadata import version as v; print(\" \".join(n + \"=
 python -m pip --version >/dev/null 2>&1 && echo "pip: still in the venv" || echo "pip: left the venv (install.sh)"
 python -c "import torch" 2>/dev/null && { echo "torch is importable: the device install pulled it"; exit 1; } || echo "torch: not installed (as intended)"
 echo "\$ du -sm /opt/edgekit-venv: $(du -sm /opt/edgekit-venv | cut -f1) MB"
+echo "  largest in site-packages (MB): $(du -sm /opt/edgekit-venv/lib/python3*/site-packages/* | sort -rn | head -7 | sed "s|/opt/edgekit-venv/lib/python3[.0-9]*/site-packages/||" | tr "\t\n" " ;")"
 mkdir -p /root/user && cd /root/user
 for m in /bundle/models/*.onnx; do
   n=$(basename "$m" .onnx)
@@ -144,9 +155,27 @@ for decode in --reduced-decode --full-decode; do
 done
 echo "\$ bash /bundle/run.sh ../../bundle/clip.avi   (a relative path, 48 frames of Megamind.avi)"
 OUT=clip_out bash /bundle/run.sh ../../bundle/clip.avi 2>&1 | tail -3
+echo "\$ edgekit run --model /bundle/models/model_int8.onnx --source /bundle/clip.avi --faces haar --no-save-video"
+edgekit run --model /bundle/models/model_int8.onnx --source /bundle/clip.avi --faces haar --no-save-video \
+  --out faces_out 2>&1 | grep -E "^source"
+python -c "import json; s = json.load(open(\"faces_out/summary.json\")); print(\"faces: %d frames, %d inferences on a Haar face region\" % (s[\"frames\"], s[\"inferences\"])); assert s[\"inferences\"] > 0"
+echo "\$ edgekit bench run /bundle/models/model.onnx /bundle/models/model_int8.onnx --warmup 2 --min-runs 20 --min-seconds 0.5   (it runs; emulated times mean nothing)"
+edgekit bench run /bundle/models/model.onnx /bundle/models/model_int8.onnx --warmup 2 --min-runs 20 --min-seconds 0.5 \
+  2>&1 | tail -5
+port=$(python -c "import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])")
+echo "\$ edgekit serve --port $port --http off --token ... &; edgekit join --server 127.0.0.1:$port --name pi --model /bundle/binary.onnx --source /bundle/clip.avi --loop --duration 8"
+edgekit serve --port "$port" --http off --token t0k --duration 120 > serve.log 2>&1 &
+server=$!
+for _ in $(seq 90); do grep -q "meeting on" serve.log && break; sleep 1; done
+EDGEKIT_TOKEN=t0k edgekit join --server "127.0.0.1:$port" --name pi --model /bundle/binary.onnx --source /bundle/clip.avi \
+  --loop --duration 8 --out join_out 2>&1 | tail -1
+kill "$server"; wait "$server" || echo "edgekit serve stopped (exit $?)"
+python -c "import json; s = json.load(open(\"join_out/summary.json\")); print(\"join: connects %d, tiles sent %d, grids received %d\" % (s[\"connects\"], s[\"sent\"], s[\"grids_received\"])); assert s[\"connects\"] == 1 and s[\"sent\"] > 0 and s[\"grids_received\"] > 0"
 echo "\$ du -sm /opt/edgekit-venv after the runs (with the .pyc files of what they imported): $(du -sm /opt/edgekit-venv | cut -f1) MB"
 if [ "$QEMU_CPU" = cortex-a72 ]; then  # the smaller install: numpy and OpenCV from Debian
   echo "\$ SYSTEM_PACKAGES=1 VENV=/opt/edgekit-sys bash /bundle/install.sh   (numpy, OpenCV from apt)"
+  # a root file system kept from an earlier run has them already: remove them so the count below is real
+  apt-get purge -y -q python3-numpy python3-opencv >/dev/null && apt-get autoremove --purge -y -q >/dev/null
   before=$(dpkg-query -W -f="\${Installed-Size}\n" | awk "{s+=\$1} END {print s}")
   SYSTEM_PACKAGES=1 VENV=/opt/edgekit-sys bash /bundle/install.sh 2>&1 | grep -E "^(OK|WARN|INFO|FAIL) "
   after=$(dpkg-query -W -f="\${Installed-Size}\n" | awk "{s+=\$1} END {print s}")
