@@ -145,7 +145,9 @@ else
 fi
 pip install --no-deps --force-reinstall "$HERE"/wheels/edgekit-*.whl
 if [ "${TRIM:-1}" = 1 ]; then
-  "$VENV/bin/python" -m edgekit.export.device_trim "$("$VENV/bin/python" -c 'import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parents[1])')"
+  # -I: not from the current folder (a clone of edgekit there would shadow the installed package)
+  "$VENV/bin/python" -I -m edgekit.export.device_trim \\
+    "$("$VENV/bin/python" -I -c 'import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parents[1])')"
 fi
 "$VENV/bin/edgekit" doctor "$HERE/models/%(model)s"
 if [ "${KEEP_PIP:-0}" != 1 ]; then

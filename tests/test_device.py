@@ -180,7 +180,8 @@ def test_pi_bundle_scripts_work_as_a_user_runs_them(device_venv, trained, mini_d
                                      "import edgekit.cli as c; print(c.__file__)"], capture_output=True, text=True,
                                     env=env, check=True, cwd=tmp_path).stdout.strip())
     installed.write_text(installed.read_text() + "\nTAMPERED = True\n")
-    again = subprocess.run(["bash", str(bundle / "install.sh")], env=env, cwd=tmp_path, capture_output=True,
+    # run again from a clone's root, whose edgekit/ folder must not shadow the installed package
+    again = subprocess.run(["bash", str(bundle / "install.sh")], env=env, cwd=REPO, capture_output=True,
                            text=True, timeout=900)
     assert again.returncode == 0 and "TAMPERED" not in installed.read_text(), again.stderr[-2000:]
     # pip came back for the second run and left again; nothing ran in the environment further up PATH (the
