@@ -54,14 +54,15 @@ for v in 3.9 3.10 3.11 3.12 3.13; do
   mkdir -p "$out"
   echo "== Python $v ($py, $("$py" --version 2>&1))"
   # 1. aarch64 wheels for this Python, for the pins that apply to it (pip evaluates the markers for the
-  #    Python it runs on, not for --python-version: evaluate them here for this one)
+  #    Python and machine it runs on, not for --python-version and --platform: evaluate them here)
   python - "$bundle/requirements.txt" "$v" > "$out.requirements.txt" <<'PY'
 import sys
 from packaging.requirements import Requirement
 for line in open(sys.argv[1]).read().splitlines():
     if line.strip() and not line.startswith("#"):
         req = Requirement(line)
-        if req.marker is None or req.marker.evaluate({"python_version": sys.argv[2], "python_full_version": sys.argv[2] + ".0"}):
+        if req.marker is None or req.marker.evaluate({"python_version": sys.argv[2], "python_full_version": sys.argv[2] + ".0",
+                                                  "platform_machine": "aarch64"}):
             print(f"{req.name}{req.specifier}")
 PY
   if pip install -q --dry-run --ignore-installed --only-binary=:all: "${platforms[@]}" --python-version "$v" \
