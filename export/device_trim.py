@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         freed = trim(args.site, args.dry_run)
-    except (FileNotFoundError, OSError) as exc:
+    except OSError as exc:  # FileNotFoundError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     verb = "would remove" if args.dry_run else "removed"
