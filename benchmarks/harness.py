@@ -316,6 +316,14 @@ def write_json(result: dict, path: Path) -> None:
     jsonio.write(path, slim, indent=2)
 
 
+def point_label(row: dict, rows: list[dict]) -> str:
+    """What the plot writes next to a row's point: file name, runtime, precision, threads; with the folder
+    when several models share a file name (model.onnx of two checkpoints)."""
+    shared = sum(r["name"] == row["name"] for r in rows) > 1
+    name = f"{Path(row['model']).parent.name}/{row['name']}" if shared else row["name"]
+    return f"{name}: {row['runtime']} {row.get('precision', '')} t{row['threads']}"
+
+
 def plot(result: dict, path: Path) -> None:
     """Latency (p90) against accuracy, marker area proportional to model size."""
     try:
@@ -334,7 +342,7 @@ def plot(result: dict, path: Path) -> None:
     for i, r in enumerate(sorted(rows, key=lambda r: r["p90_ms"])):  # neighbours on x alternate label sides
         y = 100 * r["accuracy"] if with_acc else r["size_mb"]
         ax.scatter(r["p90_ms"], y, s=40 + 30 * r["size_mb"], alpha=0.6)
-        ax.annotate(f"{r['runtime']} {r.get('precision', '')} t{r['threads']}", (r["p90_ms"], y), fontsize=7,
+        ax.annotate(point_label(r, rows), (r["p90_ms"], y), fontsize=7,
                     xytext=(6, 6 if i % 2 == 0 else -12), textcoords="offset points")  # alternate: fewer overlaps
     ax.set_xscale("log")  # runtimes differ by 10x; a linear axis squeezes the fast ones together
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))

@@ -227,3 +227,17 @@ def test_the_speedup_names_its_reference_and_can_use_the_fastest_one(exported, t
             assert f"fastest model.onnx on onnxruntime row ({fastest['threads']} thread(s))" in proc.stdout
             assert {r["baseline_threads"] for r in rows} == {fastest["threads"]}
             assert all(abs(r["speedup_p90"] - fastest["p90_ms"] / r["p90_ms"]) < 1e-9 for r in rows)
+
+
+def test_plot_labels_name_the_folder_only_when_file_names_collide():
+    from edgekit.benchmarks.harness import point_label
+
+    rows = [{"model": "runs/teacher/model.onnx", "name": "model.onnx", "runtime": "onnxruntime", "precision": "fp32",
+             "threads": 1},
+            {"model": "runs/pruned/model.onnx", "name": "model.onnx", "runtime": "onnxruntime", "precision": "fp32",
+             "threads": 1},
+            {"model": "runs/pruned/model_int8.onnx", "name": "model_int8.onnx", "runtime": "onnxruntime",
+             "precision": "int8", "threads": 1}]
+    assert [point_label(r, rows) for r in rows] == [
+        "teacher/model.onnx: onnxruntime fp32 t1", "pruned/model.onnx: onnxruntime fp32 t1",
+        "model_int8.onnx: onnxruntime int8 t1"]

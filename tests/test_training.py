@@ -272,3 +272,18 @@ def test_activation_ranges_are_the_mean_of_each_images_min_and_max():
     assert float(observer.min_val) == pytest.approx(-1 / 3)
     scale, zero_point = observer.calculate_qparams()
     assert float(scale) == pytest.approx((8 + 1 / 3) / 255, rel=1e-5) and int(zero_point) in (10, 11)
+
+
+def test_training_from_scratch_lets_batchnorm_statistics_follow_the_weights():
+    """torchvision builds MobileNetV3 with BatchNorm momentum 0.01; from scratch the trainer uses 0.1."""
+    import torch
+
+    from edgekit.models.registry import HeadConfig, build_model
+    from edgekit.training.trainer import SCRATCH_BN_MOMENTUM, from_scratch_batchnorm
+
+    v3 = build_model("mobilenet_v3_small", 10, HeadConfig(0.2, 0), "none")
+    norms = [m for m in v3.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.01 for m in norms)
+    assert from_scratch_batchnorm(v3) == len(norms)
+    assert all(m.momentum == SCRATCH_BN_MOMENTUM for m in norms)
+    assert from_scratch_batchnorm(build_model("mobilenet_v2", 10, HeadConfig(0.2, 0), "none")) == 0  # already 0.1

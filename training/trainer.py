@@ -302,6 +302,28 @@ def save_panels(fig, axes, path: Path) -> Path:
     return path
 
 
+# BatchNorm momentum for a network trained from scratch here. torchvision builds MobileNetV3 with 0.01 (tuned
+# for its long ImageNet schedule); in a run of a few hundred steps the running statistics then lag far behind
+# the weights: MobileNetV3-Small on 20,000 Fashion-MNIST images kept 0.10 validation accuracy for three epochs
+# while its training accuracy was 0.76; on 4,000 images, 2 epochs, test accuracy 0.10 with 0.01 and 0.54 with
+# PyTorch's default, 0.1, which follows the weights.
+SCRATCH_BN_MOMENTUM = 0.1
+
+
+def from_scratch_batchnorm(model) -> int:
+    """Set every BatchNorm's momentum to SCRATCH_BN_MOMENTUM where it is lower; returns how many changed."""
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        momentum = getattr(module, "momentum", None)  # None: a cumulative average, left as it is
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and momentum is not None \
+                and momentum < SCRATCH_BN_MOMENTUM:
+            module.momentum = SCRATCH_BN_MOMENTUM
+            changed += 1
+    return changed
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train, evaluate on the test split, write model.pt, metrics.json and curves.png to ``cfg.out``."""
     out = Path(cfg.out)
@@ -313,6 +335,8 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, spec.num_outputs, HeadConfig(cfg.dropout, cfg.hidden), cfg.weights)
+    if cfg.weights == "none":
+        from_scratch_batchnorm(model)
     loaders = {name: make_loader(table, table.indices(name), spec, cfg.batch_size, train=name == "train",
                                  hflip=cfg.hflip, seed=cfg.seed, workers=cfg.workers)
                for name in ("train", "val", "test") if len(table.indices(name))}
