@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Compression beyond PTQ on real data (issue 18), one script, CPU named in every log:
 #   1. a MobileNetV2 teacher trained from scratch on the full Fashion-MNIST (Debian dataset-fashion-mnist);
-#   2. small_cnn (28x28 grey) trained alone and distilled from that teacher, same recipe otherwise;
+#   2. small_cnn (28x28 grey) trained alone and distilled from that teacher, same recipe otherwise; and a
+#      MobileNetV3-Small student alone vs distilled over three seeds (step kd_mnv3);
 #   3. channel and L1-unstructured pruning of the teacher, swept over ratios, before/after 1 fine-tune epoch
-#      on 10,000 train images;
+#      on 10,000 train images; and 50% channel pruning with 5 fine-tune epochs on all train images,
+#      benchmarked against the teacher on ONNX Runtime, FP32 and INT8 (step prune50);
 #   4. PyTorch INT8 of the teacher: post-training (calibrated) vs quantization-aware training (1 epoch on
 #      10,000 train images), and both exported as they are to ONNX QDQ + OpenVINO and verified;
 #   5. the small-CNN dynamic-INT8 study on real handwritten digits (opencv-doc digits.png: 5,000 digits,
 #      20x20, 500 per class, cut into a folder per digit) and on Fashion-MNIST.
-# Usage: bash benchmarks/compression.sh [teacher|kd|qat|prune|dynamic|all]   (repository root, venv active)
+# Usage: bash benchmarks/compression.sh [teacher|kd|kd_mnv3|qat|prune|prune50|dynamic|all]   (repository root, venv active)
 # Writes benchmarks/results/compression_*.txt|json|png; work files under $OUT (default runs/compression).
 set -euo pipefail
 FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
@@ -38,6 +40,32 @@ if [ "$step" = kd ] || [ "$step" = all ]; then
   run small_cnn_kd edgekit train --data "$FMNIST" --model small_cnn --imgsz 28 --epochs 4 --schedule cosine \
     --batch 128 --threads 2 --teacher "$OUT/teacher/model.pt" --kd-temperature 4 --kd-alpha 0.9 \
     --out "$OUT/small_cnn_kd"
+fi
+if [ "$step" = kd_mnv3 ] || [ "$step" = all ]; then
+  # MobileNetV3-Small student, alone vs distilled from the MobileNetV2 teacher: same seed, data (20,000 train
+  # images), epochs and recipe; three seeds for the spread. Summary: compression_kd_mnv3.txt / .json.
+  for seed in 0 1 2; do
+    student=(edgekit train --data "$FMNIST" --model mobilenet_v3_small --weights none --imgsz 32 --epochs 4
+             --schedule cosine --batch 128 --hflip --limit 20000 --seed "$seed" --threads 2)
+    run "kd_mnv3_alone_seed$seed" "${student[@]}" --out "$OUT/kd_mnv3/alone_seed$seed"
+    run "kd_mnv3_kd_seed$seed" "${student[@]}" --teacher "$OUT/teacher/model.pt" --kd-temperature 4 \
+      --kd-alpha 0.9 --out "$OUT/kd_mnv3/kd_seed$seed"
+  done
+  { evidence python benchmarks/scripts/kd_seeds.py "$OUT/kd_mnv3" "$RES/compression_kd_mnv3.json"
+    python benchmarks/scripts/kd_seeds.py "$OUT/kd_mnv3" "$RES/compression_kd_mnv3.json"; } | tee "$RES/compression_kd_mnv3.txt"
+fi
+if [ "$step" = prune50 ] || [ "$step" = all ]; then
+  # Channel pruning at 50% with a longer fine-tune (5 epochs on all 54,000 train images), then the teacher
+  # and the pruned model, FP32 and INT8, exported to ONNX and benchmarked side by side on ONNX Runtime.
+  run prune50 edgekit prune "$OUT/teacher/model.pt" --data "$FMNIST" --method channel --ratios 0.5 \
+    --finetune-epochs 5 --threads 2 --out "$OUT/prune50"
+  cp "$OUT/prune50/prune.json" "$RES/compression_prune50.json"
+  for name in teacher prune50/channel_0.5; do
+    edgekit export "$OUT/$name/model.pt" --format onnx --int8 --data "$FMNIST" --out "$OUT/onnx_${name%%/*}"
+  done
+  run prune50_bench edgekit bench run "$OUT/onnx_teacher/model.onnx" "$OUT/onnx_teacher/model_int8.onnx" \
+    "$OUT/onnx_prune50/model.onnx" "$OUT/onnx_prune50/model_int8.onnx" --runtimes onnxruntime --threads 1 \
+    --data "$FMNIST" --images 2000 --json "$RES/compression_prune50_bench.json" --plot "$RES/compression_tradeoff.png"
 fi
 if [ "$step" = qat ] || [ "$step" = all ]; then
   run ptq edgekit quantize "$OUT/teacher/model.pt" --data "$FMNIST" --mode static --engine x86 \
