@@ -30,7 +30,7 @@ OLDER_PYTHON_PINS = {
     "click": {"3.9": "8.1.8"},
 }
 # Where an ARM device gets another version than this machine's: the newest opencv-python-headless whose aarch64
-# wheel does not carry the AV1 and AVIF codecs (libaom, libavif: 4.12 and later), 14.5 MB less on the device;
+# wheel does not carry the AV1 and AVIF codecs (libaom, libavif: 4.12 and later), 13 MB less on the device;
 # the emulated Pi runs (benchmarks/pi_emulated.sh) check its labels against this machine's.
 AARCH64_PINS = {"opencv-python-headless": "4.11.0.86"}
 
@@ -177,8 +177,9 @@ Models: %(models)s (labels and preprocessing are in each `.edgekit.json`).
 1. Copy this folder to the Pi: `scp -r %(name)s pi@raspberrypi.local:`
 2. On the Pi: `bash %(name)s/install.sh` (a venv in ~/edgekit-venv from `requirements.txt`: onnxruntime,
    numpy, opencv-python-headless, click, tqdm at the versions tested; aarch64 wheels from PyPI; no torch;
-   about 150 MB). After pip it removes what inference never uses (onnxruntime's C API library, numpy's tests,
-   OpenCV cascades edgekit does not load: about 46 MB; `TRIM=0` keeps everything). It ends with `edgekit doctor`, which checks the OS is 64-bit, the CPU's INT8 support, the camera and
+   147 MB in an emulated Pi). After pip it removes what inference never uses (onnxruntime's C API library,
+   numpy's tests, OpenCV cascades edgekit does not load: about 46 MB; `TRIM=0` keeps everything).
+   It ends with `edgekit doctor`, which checks the OS is 64-bit, the CPU's INT8 support, the camera and
    that the model loads and runs. `SYSTEM_PACKAGES=1 bash %(name)s/install.sh` takes numpy and OpenCV from
    the distribution (`python3-numpy`, `python3-opencv`, with sudo) instead: a smaller venv, and the system's
    own FFmpeg and BLAS. Picamera2 (`python3-picamera2`) is also a system package: use this mode for
