@@ -25,15 +25,8 @@ site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 "$VENV/bin/pip" uninstall -q -y pip setuptools 2>/dev/null
 # The bundle's requirements as an aarch64 device with Python 3.11 reads them (pip would evaluate their
 # environment markers for this x86 machine, not for --platform).
-python - > "$TMP/req.txt" <<'PY'
-from packaging.requirements import Requirement
-from edgekit.export.bundle import pinned_requirements
-device = {"platform_machine": "aarch64", "python_version": "3.11", "python_full_version": "3.11.2"}
-for line in pinned_requirements():
-    req = Requirement(line)
-    if req.marker is None or req.marker.evaluate(device):
-        print(f"{req.name}{req.specifier}")
-PY
+python -c "from edgekit.export.bundle import device_requirements as d, pinned_requirements as p
+print('\n'.join(d(p(), 'aarch64', '3.11')))" > "$TMP/req.txt"
 platforms=()
 for glibc in $(seq 17 36); do platforms+=(--platform "manylinux_2_${glibc}_aarch64"); done
 pip install -q --no-compile --only-binary=:all: "${platforms[@]}" --platform manylinux2014_aarch64 --python-version 3.11 \

@@ -55,16 +55,9 @@ for v in 3.9 3.10 3.11 3.12 3.13; do
   echo "== Python $v ($py, $("$py" --version 2>&1))"
   # 1. aarch64 wheels for this Python, for the pins that apply to it (pip evaluates the markers for the
   #    Python and machine it runs on, not for --python-version and --platform: evaluate them here)
-  python - "$bundle/requirements.txt" "$v" > "$out.requirements.txt" <<'PY'
-import sys
-from packaging.requirements import Requirement
-for line in open(sys.argv[1]).read().splitlines():
-    if line.strip() and not line.startswith("#"):
-        req = Requirement(line)
-        if req.marker is None or req.marker.evaluate({"python_version": sys.argv[2], "python_full_version": sys.argv[2] + ".0",
-                                                  "platform_machine": "aarch64"}):
-            print(f"{req.name}{req.specifier}")
-PY
+  python -c "import sys; from edgekit.export.bundle import device_requirements as d
+print('\n'.join(d(open(sys.argv[1]).read().splitlines(), 'aarch64', sys.argv[2])))" "$bundle/requirements.txt" "$v" \
+    > "$out.requirements.txt"
   if pip install -q --dry-run --ignore-installed --only-binary=:all: "${platforms[@]}" --python-version "$v" \
       --target "$out/aarch64-dry-run" --report "$out.aarch64.json" -r "$out.requirements.txt" 2>"$out.err"; then
     python -c "import json,sys; r=json.load(open(sys.argv[1])); print('aarch64 wheels resolve:', ' '.join(

@@ -69,6 +69,21 @@ def pinned_requirements() -> list[str]:
     return lines
 
 
+def device_requirements(lines: list[str], machine: str, python: str) -> list[str]:
+    """``name==version`` for the requirement lines that apply on a device with this machine and Python (pip
+    evaluates environment markers for the machine it runs on, not for its --platform/--python-version)."""
+    from packaging.requirements import Requirement
+
+    device = {"platform_machine": machine, "python_version": python, "python_full_version": f"{python}.0"}
+    chosen = []
+    for line in lines:
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate(device):
+                chosen.append(f"{req.name}{req.specifier}")
+    return chosen
+
+
 def _marked(name: str, per_python: dict[str, str]) -> list[str]:
     """One line per version; the newest Python's version also covers Pythons after DEVICE_PYTHONS."""
     versions = list(dict.fromkeys(per_python.values()))
@@ -146,8 +161,7 @@ fi
 pip install --no-deps --force-reinstall "$HERE"/wheels/edgekit-*.whl
 if [ "${TRIM:-1}" = 1 ]; then
   # -I: not from the current folder (a clone of edgekit there would shadow the installed package)
-  "$VENV/bin/python" -I -m edgekit.export.device_trim \\
-    "$("$VENV/bin/python" -I -c 'import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parents[1])')"
+  "$VENV/bin/python" -I -m edgekit.export.device_trim
 fi
 "$VENV/bin/edgekit" doctor "$HERE/models/%(model)s"
 if [ "${KEEP_PIP:-0}" != 1 ]; then

@@ -2,18 +2,20 @@
 
 The PyPI wheels a device installs carry more than inference needs: onnxruntime ships its C API library
 next to the Python module that already contains the runtime, numpy its own test suites and build headers,
-OpenCV seventeen Haar cascades of which edgekit loads two. On aarch64 these are about 50 MB of a 205 MB
+OpenCV seventeen Haar cascades of which edgekit loads two. On aarch64 these are 46 MB of a 192 MB
 install (benchmarks/results/footprint.txt). The bundle's install.sh runs this module after pip (TRIM=0 keeps
 everything) and then runs `edgekit doctor` on the bundle's model, so a trim that broke the install would stop
 it there. Installing a package again with pip brings its files back.
 
-Run as ``python -m edgekit.export.device_trim SITE_PACKAGES [--dry-run]``; torch-free, standard library only.
+Run as ``python -m edgekit.export.device_trim [SITE_PACKAGES] [--dry-run]`` (default: the site-packages of the
+Python running it); torch-free, standard library only.
 """
 from __future__ import annotations
 
 import argparse
 import shutil
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +79,8 @@ def trim(site: Path, dry_run: bool = False) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgekit.export.device_trim", description=__doc__.split("\n\n")[0])
-    parser.add_argument("site", type=Path, help="the venv's site-packages folder")
+    parser.add_argument("site", type=Path, nargs="?", default=Path(sysconfig.get_paths()["purelib"]),
+                        help="the venv's site-packages folder (default: this Python's)")
     parser.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
     args = parser.parse_args(argv)
     try:

@@ -316,9 +316,8 @@ def from_scratch_batchnorm(model) -> int:
 
     changed = 0
     for module in model.modules():
-        momentum = getattr(module, "momentum", None)  # None: a cumulative average, left as it is
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and momentum is not None \
-                and momentum < SCRATCH_BN_MOMENTUM:
+        # momentum None means a cumulative average: left as it is
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and (module.momentum or 1) < SCRATCH_BN_MOMENTUM:
             module.momentum = SCRATCH_BN_MOMENTUM
             changed += 1
     return changed
