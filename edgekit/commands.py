@@ -79,6 +79,10 @@ def train(**options) -> None:
 @click.option("--qat-epochs", default=3, show_default=True, help="qat: epochs (activation ranges frozen for the last).")
 @click.option("--qat-lr", default=1e-4, show_default=True, help="qat: learning rate (SGD, momentum 0.9).")
 @click.option("--limit-train", default=0, show_default=True, help="qat: train on at most N images (0 = all).")
+@click.option("--qat-kd-alpha", default=0.0, show_default=True,
+              help="qat: weight of the FP32 model's own soft outputs in the loss (self-distillation), the rest on "
+              "the labels; 0 = labels only.")
+@click.option("--qat-kd-temperature", default=1.0, show_default=True, help="qat: temperature of those soft outputs.")
 @click.option("--engine", type=click.Choice(["auto", "x86", "fbgemm", "qnnpack", "onednn"]), default="auto",
               show_default=True, help="Quantized kernel set; auto picks x86 on Intel/AMD, qnnpack on ARM.")
 @click.option("--reduce-range/--full-range", default=False, show_default=True,

@@ -237,6 +237,23 @@ def test_qat_fine_tunes_with_fake_quantization_into_an_ordinary_int8_checkpoint(
     assert qat["top1_agreement"] is not None and qat["test_images"] == 100
 
 
+def test_qat_self_distillation_learns_the_fp32_models_outputs(trained, mini_data, qat, tmp_path):
+    """With --qat-kd-alpha 1 the loss is the KL divergence from the FP32 model's own outputs, which an INT8
+    copy of that model starts close to: far below the labels-only cross-entropy of the same QAT."""
+    from edgekit.training.quantize import QuantizeConfig, format_comparison, quantize_checkpoint
+
+    result = quantize_checkpoint(QuantizeConfig(checkpoint=str(trained["checkpoint"]), data=str(mini_data),
+                                                mode="qat", qat_epochs=1, limit_train=128, batch_size=32,
+                                                limit_test=50, qat_kd_alpha=1.0, qat_kd_temperature=2.0,
+                                                out=str(tmp_path / "kd.pt"), threads=2))
+    training = load_checkpoint(result["int8"]["path"]).spec.quantization["training"]
+    assert training["kd_alpha"] == 1.0 and training["kd_temperature"] == 2.0
+    kd_loss = training["history"][0]["train_loss"]
+    labels_loss = load_checkpoint(qat["int8"]["path"]).spec.quantization["training"]["history"][0]["train_loss"]
+    assert 0 <= kd_loss < 0.25 * labels_loss, (kd_loss, labels_loss)
+    assert "self-distillation alpha 1 T 2" in format_comparison(result)
+
+
 def test_an_int8_checkpoint_exports_as_it_is_and_verifies_against_itself(qat, mini_data, tmp_path):
     import onnx
 

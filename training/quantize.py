@@ -45,6 +45,10 @@ class QuantizeConfig:
     qat_epochs: int = 3  # quantization-aware training: epochs, learning rate (SGD, momentum 0.9), train images
     qat_lr: float = 1e-4
     limit_train: int = 0
+    # qat: weight of the FP32 model's own soft outputs in the loss (self-distillation; 0 = labels only) and
+    # the temperature they are softened with
+    qat_kd_alpha: float = 0.0
+    qat_kd_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic", "qat"):
@@ -52,6 +56,8 @@ class QuantizeConfig:
         checks.within("--qat-epochs", self.qat_epochs, 1, 1000)
         checks.within("--qat-lr", self.qat_lr, 0, 10, low_open=True)
         checks.at_least("--limit-train", self.limit_train, 0)
+        checks.within("--qat-kd-alpha", self.qat_kd_alpha, 0, 1)
+        checks.within("--qat-kd-temperature", self.qat_kd_temperature, 0, 100, low_open=True)
         if self.mode == "qat" and not self.data:
             raise BadInputError("--mode qat trains on labelled data: pass --data (the data the model was trained on)")
         checks.within("--calib-batches", self.calib_batches, 1, 100_000)
@@ -143,6 +149,12 @@ def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
     model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
     loader = make_loader(table, train_idx, ckpt.spec, cfg.batch_size, train=True, seed=cfg.seed)
     loss_fn = torch.nn.BCEWithLogitsLoss() if ckpt.spec.binary else torch.nn.CrossEntropyLoss()
+    distill = None
+    if cfg.qat_kd_alpha > 0:  # the FP32 model teaches its INT8 self on the same augmented batches
+        from edgekit.training.distill import Distiller
+
+        distill = Distiller(fp32.eval(), ckpt.spec, ckpt.spec, cfg.qat_kd_temperature, cfg.qat_kd_alpha, loss_fn,
+                            source=str(cfg.checkpoint))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.qat_lr, momentum=0.9)
     history = []
     with quiet_torch_ao():
@@ -151,13 +163,14 @@ def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
                 model.apply(torch.ao.quantization.disable_observer)
             start = time.perf_counter()
             loss, accuracy, _, _ = run_epoch(model, loader, loss_fn, ckpt.spec.binary, optimizer,
-                                             desc=f"QAT epoch {epoch}")
+                                             desc=f"QAT epoch {epoch}", distill=distill)
             history.append({"epoch": epoch, "train_loss": loss, "train_acc": accuracy,
                             "seconds": time.perf_counter() - start})
             log.info("QAT epoch %d: train loss %.4f acc %.4f", epoch, loss, accuracy)
     recipe = {"scheme": "pytorch-fx-static", "engine": engine, "reduce_range": cfg.reduce_range, "keep_float": keep,
               "float_logits": True,
               "training": {"method": "qat", "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "images": int(len(train_idx)),
+                           "kd_alpha": cfg.qat_kd_alpha, "kd_temperature": cfg.qat_kd_temperature,
                            "history": history}}
     return convert_static(model, float_logits=True), recipe
 
@@ -249,8 +262,10 @@ def format_comparison(result: dict) -> str:
                 f"{result['engine']}, {result['fp32']['threads']} threads)")
     if result.get("training"):
         qat = result["training"]
-        rows.append(f"quantization-aware training: {qat['epochs']} epochs on {qat['images']} images, lr {qat['lr']:g}, "
-                    f"final train loss {qat['history'][-1]['train_loss']:.4f}")
+        kd = (f", self-distillation alpha {qat['kd_alpha']:g} T {qat['kd_temperature']:g}"
+              if qat.get("kd_alpha") else "")
+        rows.append(f"quantization-aware training: {qat['epochs']} epochs on {qat['images']} images, lr {qat['lr']:g}"
+                    f"{kd}, final train loss {qat['history'][-1]['train_loss']:.4f}")
     if result.get("calibration"):
         cal = result["calibration"]
         classes = (f", {sum(1 for c in cal['class_counts'].values() if c)}/{len(cal['class_counts'])} classes"
