@@ -237,6 +237,32 @@ def test_qat_fine_tunes_with_fake_quantization_into_an_ordinary_int8_checkpoint(
     assert qat["top1_agreement"] is not None and qat["test_images"] == 100
 
 
+def test_qat_starts_from_the_post_training_ranges(trained):
+    """Before training, every activation range of the QAT model is the one post-training calibration gives on
+    the same images (mean of per-image min/max), so QAT cannot start below PTQ."""
+    import torch.ao.nn.quantized as nnq
+
+    from edgekit.models.loading import convert_static, prepare_qat, prepare_static
+    from edgekit.training.quantize import _start_from_calibrated_ranges
+
+    ckpt = load_checkpoint(trained["checkpoint"])
+    fp32 = load_model(ckpt)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(0, 1, ckpt.spec.input_shape(8)).astype(np.float32) * scale for scale in (0.5, 2.0, 1.0)]
+    static = prepare_static(fp32, ckpt.spec, "x86")
+    with torch.no_grad():
+        for batch in batches:
+            static(torch.from_numpy(batch))
+    qat = prepare_qat(fp32, ckpt.spec, "x86")
+    qat.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+    assert _start_from_calibrated_ranges(qat, iter(batches)) == 24 and qat.training
+    ptq_scales = {name: m.scale for name, m in convert_static(static).named_modules() if isinstance(m, nnq.Conv2d)}
+    qat_scales = {name: m.scale for name, m in convert_static(qat).named_modules() if isinstance(m, nnq.Conv2d)}
+    assert len(ptq_scales) > 20 and ptq_scales.keys() == qat_scales.keys()
+    for name, scale in ptq_scales.items():
+        assert qat_scales[name] == pytest.approx(scale, rel=1e-4), name
+
+
 def test_qat_self_distillation_learns_the_fp32_models_outputs(trained, mini_data, qat, tmp_path):
     """With --qat-kd-alpha 1 the loss is the KL divergence from the FP32 model's own outputs, which an INT8
     copy of that model starts close to: far below the labels-only cross-entropy of the same QAT."""

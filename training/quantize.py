@@ -126,6 +126,47 @@ def _calibrate(fp32, ckpt, data_table, cfg: QuantizeConfig, engine: str):
     return convert_static(prepared, float_logits=True), audit, keep
 
 
+def _start_from_calibrated_ranges(model, batches) -> int:
+    """Give every fake quantizer of a QAT model the ranges post-training calibration would give, before training.
+
+    Fake quantizers track moving averages (``x += 0.01 * (batch - x)``) from the first batch they see, so QAT
+    that starts cold trains on the ranges of a few augmented batches (on the 5-epoch Fashion-MNIST teacher it
+    ended below PTQ: 0.941 agreement with FP32 vs 0.987). Here the observers see the calibration images one
+    at a time with fake quantization off and an averaging constant of 1/k on the k-th image, i.e. the mean of
+    the images' minima and maxima, which is the post-training observer's range (``MeanMinMaxObserver``);
+    training then goes on from there with the usual constant. Returns how many images were seen."""
+    import torch
+    from torch.ao.quantization import FakeQuantizeBase, disable_fake_quant, enable_fake_quant, enable_observer
+
+    observers = {id(fq.activation_post_process): fq.activation_post_process for fq in model.modules()
+                 if isinstance(fq, FakeQuantizeBase) and hasattr(fq.activation_post_process, "averaging_constant")}
+    constants = {key: obs.averaging_constant for key, obs in observers.items()}
+    calls = dict.fromkeys(observers, 0)
+
+    def count(obs, args):  # per call, not per image: a quantizer shared by two tensors (ReLU6) is called twice
+        calls[id(obs)] += 1
+        obs.averaging_constant = 1.0 / calls[id(obs)]
+
+    hooks = [obs.register_forward_pre_hook(count) for obs in observers.values()]
+    was_training = model.training
+    model.eval().apply(disable_fake_quant)
+    model.apply(enable_observer)
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                for image in torch.from_numpy(batch):
+                    seen += 1
+                    model(image[None])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for key, obs in observers.items():
+            obs.averaging_constant = constants[key]
+        model.apply(enable_fake_quant).train(was_training)
+    return seen
+
+
 def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
     """Quantization-aware training from the FP32 weights on the train split; returns (converted INT8, recipe).
 
@@ -134,6 +175,7 @@ def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
     small batches would disturb them), activation ranges tracked as moving averages and then frozen for the
     last epoch (when there is more than one), so the weights settle on the ranges that will be used."""
     import torch
+    from tqdm import tqdm
 
     from edgekit.models.loading import prepare_qat
     from edgekit.training.torchdata import make_loader
@@ -147,6 +189,13 @@ def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
     keep = keep_float_modules(fp32, cfg.keep_float)
     model = prepare_qat(fp32, ckpt.spec, engine, cfg.reduce_range, tuple(keep))
     model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+    wanted = cfg.calib_batches * cfg.batch_size
+    calib_table, source = calibration_table(cfg.calib, lambda: table, wanted, cfg.seed)
+    audit = CalibrationAudit(source=source)
+    with quiet_torch_ao():
+        _start_from_calibrated_ranges(model, tqdm(
+            calibration_batches(calib_table, ckpt.spec, wanted, cfg.batch_size, seed=cfg.seed, audit=audit),
+            total=-(-wanted // cfg.batch_size), desc="initial ranges", unit="batch", leave=False, disable=None))
     loader = make_loader(table, train_idx, ckpt.spec, cfg.batch_size, train=True, seed=cfg.seed)
     loss_fn = torch.nn.BCEWithLogitsLoss() if ckpt.spec.binary else torch.nn.CrossEntropyLoss()
     distill = None
@@ -168,7 +217,7 @@ def _qat(fp32, ckpt, table, cfg: QuantizeConfig, engine: str):
                             "seconds": time.perf_counter() - start})
             log.info("QAT epoch %d: train loss %.4f acc %.4f", epoch, loss, accuracy)
     recipe = {"scheme": "pytorch-fx-static", "engine": engine, "reduce_range": cfg.reduce_range, "keep_float": keep,
-              "float_logits": True,
+              "float_logits": True, "calibration": audit.to_dict(),
               "training": {"method": "qat", "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "images": int(len(train_idx)),
                            "kd_alpha": cfg.qat_kd_alpha, "kd_temperature": cfg.qat_kd_temperature,
                            "history": history}}
