@@ -13,6 +13,7 @@ from typing import Callable
 
 from edgekit.core import checks
 from edgekit.core.errors import BadInputError
+from edgekit.core.spec import sha256_file
 from edgekit.edge_apps.apps import AppSettings, Timer, app_class, build_app
 from edgekit.edge_apps.pipeline import JsonlEvents, Pipeline, PipelineConfig, StreamSink, VideoSink, WindowSink
 from edgekit.core import jsonio
@@ -36,9 +37,18 @@ class RunConfig:
     threads: int = 2
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     settings: AppSettings = field(default_factory=AppSettings)
+    fleet: str | None = None  # mqtt[s]://[user@]host[:port]/prefix: publish telemetry there (edge_apps.fleet)
+    fleet_ca: str | None = None
+    fleet_interval: float = 5.0
+    device_id: str | None = None  # the device's name in the fleet (default: the host name)
 
     def __post_init__(self) -> None:
         app_class(self.app)  # an unknown app fails before the model is loaded
+        checks.within("--fleet-interval", self.fleet_interval, 0.05, 3600)
+        if self.device_id is not None:
+            from edgekit.edge_apps.fleet import check_name
+
+            check_name("--device-id", self.device_id)
         checks.within("--reconnect", self.reconnect, 0, 1000)
         checks.threads("--threads", self.threads)
 
@@ -59,9 +69,14 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
     from edgekit.runtimes import RuntimeOptions, load_runtime
 
     folder = prepare_output(Path(cfg.out))
+    target = None
+    if cfg.fleet:
+        from edgekit.edge_apps.fleet import FleetTarget, TelemetryPublisher, default_device_id
+
+        target = FleetTarget.parse(cfg.fleet, cfg.fleet_ca)
     detector = load_detector(cfg.faces if cfg.faces is not None else app_class(cfg.app).default_faces)
     rt = load_runtime(cfg.model, cfg.runtime, RuntimeOptions(threads=cfg.threads))
-    frames = None
+    frames = publisher = None
     try:
         timer = Timer()
         app = build_app(cfg.app, rt, timer, detector, cfg.settings)
@@ -76,6 +91,12 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
             sinks.append(StreamSink(server))
             say(f"streaming on {server.url}" + (f" (viewer token {server.token})" if server.generated_token else ""))
         pipeline = Pipeline(app, timer, cfg.pipeline, events=JsonlEvents(folder / "events.jsonl"), sinks=sinks)
+        if target is not None:
+            model = {"name": Path(cfg.model).name, "sha256": sha256_file(cfg.model)[:16], "runtime": rt.name}
+            publisher = TelemetryPublisher(target, cfg.device_id or default_device_id(),
+                                           lambda: {"model": model, **pipeline.telemetry()}, cfg.fleet_interval)
+            publisher.start()
+            say(f"fleet telemetry every {cfg.fleet_interval:g} s to {target} as {publisher.device}")
         try:
             summary = pipeline.run(frames)
         except KeyboardInterrupt:
@@ -85,6 +106,8 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
             if isinstance(sink, VideoSink):
                 summary["video"] = sink.report()
     finally:
+        if publisher is not None:  # its last document reads the pipeline: stop it before the source goes
+            publisher.close()
         if frames is not None:
             frames.close()
         rt.close()

@@ -258,6 +258,8 @@ class Pipeline:
     def run(self, source: FrameSource) -> dict:
         start, cpu_start = time.perf_counter(), time.process_time()
         last: Analysis | None = None
+        self._source, self._last, self._last_alert = source, None, None
+        self._marks = {"t": start, "frames": 0}
         reference = None  # thumbnail of the last analysed frame (motion gate)
         label_before = None
         writer = SinkThread(self.sinks, self.timer, self.config.overlay) if self.sinks else None
@@ -288,6 +290,9 @@ class Pipeline:
                 else:
                     events = []  # --every / motion gate: the last analysis stands for this frame
                 self.glass_to_glass.append(time.monotonic() - frame.captured)
+                self._last = last
+                if last.alerts:
+                    self._last_alert = {"alerts": list(last.alerts), "time": round(time.time(), 3)}
                 if last.label != label_before:
                     events.insert(0, {"type": "label", "label": last.label, "score": round(last.score, 4)})
                     label_before = last.label
@@ -349,6 +354,37 @@ class Pipeline:
         status = {"label": last.label, "score": round(last.score, 4), "alerts": list(last.alerts),
                   "frames": self.frames, "fps": round(fps, 2), **last.info}
         return line, status
+
+    def telemetry(self) -> dict:
+        """Live figures for fleet telemetry, over the frames since the previous call (so each document shows
+        the present, not the whole run): FPS, per-stage and glass-to-glass p50/p90, frames dropped by the
+        source, the current label and alerts. Called from the publisher's thread: it only reads lengths and
+        slices of lists the pipeline appends to."""
+        marks = getattr(self, "_marks", None)
+        if marks is None:
+            return {"frames": 0}
+        now, frames = time.perf_counter(), self.frames
+        stages = {}
+        for stage, values in list(self.timer.times.items()):
+            count = len(values)
+            recent = values[marks.get(stage, 0):count]
+            marks[stage] = count
+            if recent:
+                ms = np.asarray(recent) * 1e3
+                stages[stage] = {"p50_ms": round(float(np.percentile(ms, 50)), 3),
+                                 "p90_ms": round(float(np.percentile(ms, 90)), 3)}
+        g2g_count = len(self.glass_to_glass)
+        g2g = np.asarray(self.glass_to_glass[marks.get("g2g", 0):g2g_count]) * 1e3
+        marks["g2g"] = g2g_count
+        fps = (frames - marks["frames"]) / max(1e-9, now - marks["t"])
+        marks["t"], marks["frames"] = now, frames
+        last = self._last
+        return {"app": self.app.name, "frames": frames, "fps": round(fps, 2), "stages": stages,
+                "glass_to_glass": {"p50_ms": round(float(np.percentile(g2g, 50)), 3),
+                                   "p90_ms": round(float(np.percentile(g2g, 90)), 3)} if len(g2g) else None,
+                "dropped_frames": self._source.stats.dropped if self._source is not None else 0,
+                "label": last.label if last else None, "alerts": list(last.alerts) if last else [],
+                "last_alert": self._last_alert}
 
     def summary(self, source: FrameSource) -> dict:
         def stats(values):

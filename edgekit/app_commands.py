@@ -11,6 +11,21 @@ from edgekit.group import cli, ctrl_c_interrupts
 from edgekit.core import jsonio
 
 
+def fleet_options(command):
+    """--fleet, --fleet-ca, --fleet-interval, --device-id: telemetry to an MQTT broker (edge_apps/fleet.py)."""
+    options = [
+        click.option("--fleet", default=None, metavar="URL",
+                     help="Publish telemetry to mqtt[s]://[user@]host[:port]/prefix (password: "
+                     "$EDGEKIT_FLEET_PASSWORD). Needs edgekit[fleet]."),
+        click.option("--fleet-ca", default=None, type=click.Path(), help="CA file of an mqtts:// broker."),
+        click.option("--fleet-interval", default=5.0, show_default=True, help="Seconds between telemetry messages."),
+        click.option("--device-id", default=None, help="This device's name in the fleet (default: the host name)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command("run")
 @click.option("--model", required=True, type=click.Path(), help="A .pt checkpoint, .onnx or OpenVINO .xml.")
 @click.option("--runtime", default=None, help="pytorch, onnxruntime or openvino (default: the file's natural one).")
@@ -55,9 +70,11 @@ from edgekit.core import jsonio
 @click.option("--reconnect", default=5, show_default=True, help="URL sources: re-open attempts (with backoff) after a drop.")
 @click.option("--max-frames", default=0, show_default=True, help="Stop after N frames (0 = until the source ends).")
 @click.option("--threads", default=2, show_default=True, help="Inference threads.")
+@fleet_options
 def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str | None, out: str, save_video: bool,
             serve: str | None, viewer_token: str | None, show: bool, realtime: bool, loop: bool, reconnect: int, threads: int, every: int,
-            max_frames: int, motion_gate: float, scale: float, reduced_decode: bool, **settings) -> None:
+            max_frames: int, motion_gate: float, scale: float, reduced_decode: bool, fleet: str | None,
+            fleet_ca: str | None, fleet_interval: float, device_id: str | None, **settings) -> None:
     """Classify frames from a camera, video, folder or URL in real time with any runtime.
 
     Prints a per-stage latency summary at the end (Ctrl-C ends early; files written so far are kept).
@@ -71,7 +88,8 @@ def run_cmd(model: str, runtime: str | None, source: str, app: str, faces: str |
                     serve=serve, viewer_token=viewer_token, show=show, realtime=realtime, loop=loop, reconnect=reconnect, threads=threads,
                     pipeline=PipelineConfig(every=every, max_frames=max_frames, motion_gate=motion_gate, scale=scale,
                                             reduced_decode=reduced_decode),
-                    settings=AppSettings(**settings))
+                    settings=AppSettings(**settings), fleet=fleet, fleet_ca=fleet_ca, fleet_interval=fleet_interval,
+                    device_id=device_id)
     summary = run_camera(cfg, say=lambda line: click.echo(line, err=True))
     if summary.get("interrupted"):
         click.echo("interrupted", err=True)
@@ -258,3 +276,23 @@ def doctor(model: str | None, runtime: str | None, camera: int, json_path: str |
         jsonio.write(json_path, to_json(checks), indent=2)
     if any(c.status == "fail" for c in checks):
         raise click.exceptions.Exit(1)
+
+
+@cli.group("fleet")
+def fleet_group() -> None:
+    """Devices that publish telemetry over MQTT (`run --fleet URL`): see how they are doing."""
+
+
+@fleet_group.command("status")
+@click.option("--broker", "url", required=True, metavar="URL", help="mqtt[s]://[user@]host[:port]/prefix of the fleet.")
+@click.option("--fleet-ca", default=None, type=click.Path(), help="CA file of an mqtts:// broker.")
+@click.option("--wait", default=1.5, show_default=True, help="Seconds to listen (retained states arrive at once).")
+@click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON instead of a table.")
+def fleet_status(url: str, fleet_ca: str | None, wait: float, as_json: bool) -> None:
+    """One row per device: online or not, model and hash, FPS, inference p50, RSS, temperature, last seen."""
+    import json
+
+    from edgekit.edge_apps.fleet import FleetTarget, format_fleet, read_fleet
+
+    rows = read_fleet(FleetTarget.parse(url, fleet_ca), wait)
+    click.echo(json.dumps(rows, indent=2, default=str) if as_json else format_fleet(rows))

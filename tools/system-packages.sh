@@ -3,12 +3,13 @@
 #   chromium     the headless browser the MJPEG-stream and dashboard tests drive
 #   opencv-doc   /usr/share/doc/opencv-doc/examples/data/Megamind.avi, the real face video of the app tests
 #   openssl      makes the self-signed certificate of the meeting TLS test
+#   mosquitto    the MQTT broker the fleet telemetry tests start on a loopback port
 # With --benchmarks also:
 #   dataset-fashion-mnist   the real Fashion-MNIST the accuracy benchmarks train on
 #   qemu-user-static, binfmt-support, debootstrap   the emulated aarch64 (Raspberry Pi) run, benchmarks/pi_emulated.sh
 # Runs apt-get as root, or through sudo when there is one. Other distributions: install the equivalents.
 set -euo pipefail
-packages=(chromium opencv-doc openssl)
+packages=(chromium opencv-doc openssl mosquitto)
 [[ "${1:-}" == "--benchmarks" ]] && packages+=(dataset-fashion-mnist qemu-user-static binfmt-support debootstrap)
 missing=()
 for p in "${packages[@]}"; do
