@@ -11,6 +11,7 @@ Topics, all under the fleet's prefix (so one fleet never reads or writes another
 - ``PREFIX/devices/DEVICE/telemetry``: every ``interval`` seconds a compact JSON document (:func:`system_status`
   plus what the publisher's ``collect`` gives: model name and hash, FPS, per-stage p50/p90, glass-to-glass,
   dropped frames, last alert). Retained too: the newest one per device.
+- ``PREFIX/devices/DEVICE/doctor``: `edgekit doctor --fleet` publishes its checks once (retained).
 
 Security: ``mqtts://`` connects with TLS (the system's CAs, or ``ca`` for a private one); credentials are
 per device, the user name in the URL and the password from ``$EDGEKIT_FLEET_PASSWORD`` (never in the URL, so
@@ -230,12 +231,25 @@ class TelemetryPublisher:
         self.client = None
 
 
+def publish_report(target: FleetTarget, device: str, document: dict, timeout: float = 10.0) -> None:
+    """One retained document on ``PREFIX/devices/DEVICE/doctor`` (`edgekit doctor --fleet`), then disconnect."""
+    client = connect(target, f"edgekit-doctor-{check_name('--device-id', device)}", timeout=timeout)
+    try:
+        info = client.publish(target.topic(device, "doctor"), json.dumps(document, default=str), qos=1, retain=True)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise BadInputError(f"the fleet broker {target} did not take the doctor report in {timeout:g} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def read_fleet(target: FleetTarget, wait: float = 1.5) -> list[dict]:
     """Every device's retained status and newest telemetry under ``target``'s prefix, one row per device."""
     checks.within("--wait", wait, 0.1, 60)
     devices: dict[str, dict] = {}
     lock = threading.Lock()
-    pattern = re.compile(rf"^{re.escape(target.prefix)}/devices/([^/]+)/(status|telemetry)$")
+    pattern = re.compile(rf"^{re.escape(target.prefix)}/devices/([^/]+)/(status|telemetry|doctor)$")
 
     def on_message(client, userdata, message):
         match = pattern.match(message.topic)
@@ -245,7 +259,7 @@ def read_fleet(target: FleetTarget, wait: float = 1.5) -> list[dict]:
         with lock:
             if device not in devices and len(devices) >= MAX_DEVICES:
                 return
-            row = devices.setdefault(device, {"device": device, "online": None, "telemetry": None})
+            row = devices.setdefault(device, {"device": device, "online": None, "telemetry": None, "doctor": None})
             if kind == "status":
                 row["online"] = message.payload == b"online"
                 return
@@ -254,12 +268,12 @@ def read_fleet(target: FleetTarget, wait: float = 1.5) -> list[dict]:
             except (UnicodeDecodeError, ValueError):
                 return
             if isinstance(document, dict):
-                row["telemetry"] = document
+                row[kind] = document
 
     client = connect(target, f"edgekit-reader-{os.getpid()}-{int(time.time() * 1000) % 100000}")
     client.on_message = on_message
     try:
-        client.subscribe([(target.topic("+", "status"), 1), (target.topic("+", "telemetry"), 1)])
+        client.subscribe([(target.topic("+", kind), 1) for kind in ("status", "telemetry", "doctor")])
         time.sleep(wait)  # retained messages arrive at once; live ones during the wait
     finally:
         client.disconnect()

@@ -82,7 +82,10 @@ def show_grid(client: MeetingClient, viewers: list, shown: int) -> int:
     return client.grids
 
 
-def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path, viewers: list | None = None) -> dict:
+def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path, viewers: list | None = None,
+             live: dict | None = None) -> dict:
+    """Join and send tiles until the source ends, ``cfg.duration`` passes or Ctrl-C. ``live``, when given,
+    is kept up to date (frames, sent, label, connected) for fleet telemetry read from another thread."""
     import cv2
 
     viewers = viewers or []
@@ -121,6 +124,9 @@ def run_join(client: MeetingClient, app, cfg: JoinConfig, out: Path, viewers: li
                     next_try, backoff = now + backoff, min(8.0, backoff * 2)
             analysis = app.analyze(frame.image, frame.t)[0] if camera else Analysis("not attentive", 0.0)
             frames += 1
+            if live is not None:
+                live.update(frames=frames, sent=sent, label=analysis.label, connected=client.connected,
+                            grids_received=client.grids)
             shown = show_grid(client, viewers, shown)
             if client.connected and now - last_tile >= 1.0 / cfg.fps:
                 meta = {"label": analysis.label, "score": round(float(analysis.score), 4), "seq": frames}

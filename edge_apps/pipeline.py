@@ -231,6 +231,19 @@ class SinkThread:
 STAGES = ("wait", "resize", "gate", "roi", "eyes", "preprocess", "infer", "smooth", "render")
 
 
+def recent_stages(times: dict[str, list[float]], window: int = 200) -> dict:
+    """p50/p90 in ms of the last ``window`` values of each list: the present state of a running pipeline,
+    not its whole history. Safe to call from another thread than the appender's: it reads slices only."""
+    stages = {}
+    for stage, values in list(times.items()):
+        recent = values[-window:]
+        if recent:
+            ms = np.asarray(recent) * 1e3
+            stages[stage] = {"p50_ms": round(float(np.percentile(ms, 50)), 3),
+                             "p90_ms": round(float(np.percentile(ms, 90)), 3)}
+    return stages
+
+
 def stage_order(stage: str) -> int:
     return STAGES.index(stage) if stage in STAGES else len(STAGES)
 
@@ -356,32 +369,21 @@ class Pipeline:
         return line, status
 
     def telemetry(self) -> dict:
-        """Live figures for fleet telemetry, over the frames since the previous call (so each document shows
-        the present, not the whole run): FPS, per-stage and glass-to-glass p50/p90, frames dropped by the
-        source, the current label and alerts. Called from the publisher's thread: it only reads lengths and
-        slices of lists the pipeline appends to."""
+        """Live figures for fleet telemetry, about the present rather than the whole run: FPS since the
+        previous call, per-stage and glass-to-glass p50/p90 of the last 200 frames, frames dropped by the
+        source, the current label and alerts, the last alert. Called from the publisher's thread: it only
+        reads counters and slices of lists the pipeline appends to."""
         marks = getattr(self, "_marks", None)
         if marks is None:
             return {"frames": 0}
         now, frames = time.perf_counter(), self.frames
-        stages = {}
-        for stage, values in list(self.timer.times.items()):
-            count = len(values)
-            recent = values[marks.get(stage, 0):count]
-            marks[stage] = count
-            if recent:
-                ms = np.asarray(recent) * 1e3
-                stages[stage] = {"p50_ms": round(float(np.percentile(ms, 50)), 3),
-                                 "p90_ms": round(float(np.percentile(ms, 90)), 3)}
-        g2g_count = len(self.glass_to_glass)
-        g2g = np.asarray(self.glass_to_glass[marks.get("g2g", 0):g2g_count]) * 1e3
-        marks["g2g"] = g2g_count
+        stages = recent_stages(self.timer.times)
+        g2g = recent_stages({"g2g": self.glass_to_glass}).get("g2g")
         fps = (frames - marks["frames"]) / max(1e-9, now - marks["t"])
         marks["t"], marks["frames"] = now, frames
         last = self._last
         return {"app": self.app.name, "frames": frames, "fps": round(fps, 2), "stages": stages,
-                "glass_to_glass": {"p50_ms": round(float(np.percentile(g2g, 50)), 3),
-                                   "p90_ms": round(float(np.percentile(g2g, 90)), 3)} if len(g2g) else None,
+                "glass_to_glass": g2g,
                 "dropped_frames": self._source.stats.dropped if self._source is not None else 0,
                 "label": last.label if last else None, "alerts": list(last.alerts) if last else [],
                 "last_alert": self._last_alert}

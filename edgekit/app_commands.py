@@ -8,7 +8,7 @@ import click
 
 from edgekit.edge_apps.apps import APPS
 from edgekit.group import cli, ctrl_c_interrupts
-from edgekit.core import jsonio
+from edgekit.core import checks, jsonio
 
 
 def fleet_options(command):
@@ -180,9 +180,11 @@ def serve(host: str, port: int, http: str, viewer_token: str | None, token: str,
                    "or $EDGEKIT_VIEWER_TOKEN; a random one is made and printed when not given.")
 @click.option("--show", is_flag=True, help="Show the shared grid in a window (needs a display and OpenCV with GUI).")
 @click.option("--threads", default=2, show_default=True)
+@fleet_options
 def join(server: str, name: str, token: str, model: str, runtime: str | None, source: str, loop: bool, faces: str,
          window: int, privacy: bool, tls: bool, tls_ca: str | None, fps: float, duration: float, full_wait: float,
-         out: str, serve: str | None, viewer_token: str | None, show: bool, threads: int) -> None:
+         out: str, serve: str | None, viewer_token: str | None, show: bool, threads: int, fleet: str | None,
+         fleet_ca: str | None, fleet_interval: float, device_id: str | None) -> None:
     """Join an EdgeAttend meeting: attentiveness is computed here; only a tile and the label are sent."""
     ctrl_c_interrupts()
     from edgekit.edge_apps.apps import AppSettings, Timer, build_app
@@ -192,10 +194,19 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
     from edgekit.runtimes import RuntimeOptions, load_runtime
 
     config = JoinConfig(source=source, fps=fps, duration=duration, loop=loop, full_wait=full_wait)
+    target = None
+    if fleet:  # checked before the model loads
+        from edgekit.edge_apps.fleet import FleetTarget, check_name
+
+        target = FleetTarget.parse(fleet, fleet_ca)
+        checks.within("--fleet-interval", fleet_interval, 0.05, 3600)
+        if device_id is not None:
+            check_name("--device-id", device_id)
     settings = AppSettings(window=window)
     client = MeetingClient(server, name, token, privacy=privacy, tls=tls, tls_ca=tls_ca)
     rt = load_runtime(model, runtime, RuntimeOptions(threads=threads))
-    app = build_app("attend", rt, Timer(), load_detector(faces), settings)
+    timer = Timer()
+    app = build_app("attend", rt, timer, load_detector(faces), settings)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     viewers = []
@@ -209,11 +220,16 @@ def join(server: str, name: str, token: str, model: str, runtime: str | None, so
         viewers.append(MjpegServer(serve, title=f"edgekit meeting: {name}", token=viewer_token))
         click.echo(f"shared grid on {viewers[-1].url}"
                    + (f" (viewer token {viewers[-1].token})" if viewers[-1].generated_token else ""), err=True)
+    publisher, live = None, {}
+    if target is not None:
+        publisher = start_join_telemetry(target, fleet_interval, device_id, model, rt.name, timer, live)
     try:
-        result = run_join(client, app, config, folder, viewers)
+        result = run_join(client, app, config, folder, viewers, live)
     except KeyboardInterrupt:
         result = {"interrupted": True, "grids_received": client.grids, "connects": client.connects}
     finally:
+        if publisher is not None:
+            publisher.close()
         rt.close()
         for viewer in viewers:
             viewer.close()
@@ -263,19 +279,58 @@ def dataset_faces(**options) -> None:
 @click.option("--runtime", default=None, help="Runtime to try the model with (default: the file's natural one).")
 @click.option("--camera", default=0, show_default=True, help="Camera index to probe.")
 @click.option("--json", "json_path", default=None, help="Also write the checks as JSON.")
-def doctor(model: str | None, runtime: str | None, camera: int, json_path: str | None) -> None:
+@click.option("--fleet", default=None, metavar="URL",
+              help="Also publish the checks once to mqtt[s]://[user@]host[:port]/prefix ($EDGEKIT_FLEET_PASSWORD).")
+@click.option("--fleet-ca", default=None, type=click.Path(), help="CA file of an mqtts:// broker.")
+@click.option("--device-id", default=None, help="This device's name in the fleet (default: the host name).")
+def doctor(model: str | None, runtime: str | None, camera: int, json_path: str | None, fleet: str | None,
+           fleet_ca: str | None, device_id: str | None) -> None:
     """Check this machine (and optionally MODEL): OS, CPU and what it means for INT8, runtimes, memory,
     camera, and whether the model loads and runs. Exit 1 when a check fails."""
+    import time
+
     from edgekit.core.checks import writable_file
     from edgekit.doctor import format_checks, run_checks, to_json
 
     writable_file("--json", json_path)
+    target = None
+    if fleet:
+        from edgekit.edge_apps.fleet import FleetTarget, check_name, default_device_id, publish_report
+
+        target, device = FleetTarget.parse(fleet, fleet_ca), check_name("--device-id", device_id or default_device_id())
     checks = run_checks(model, runtime, camera)
     click.echo(format_checks(checks))
     if json_path:
         jsonio.write(json_path, to_json(checks), indent=2)
+    if target is not None:
+        publish_report(target, device, {"time": round(time.time(), 3), "checks": to_json(checks)})
+        click.echo(f"published to {target} as {device}", err=True)
     if any(c.status == "fail" for c in checks):
         raise click.exceptions.Exit(1)
+
+
+def start_join_telemetry(target, interval: float, device_id: str | None, model: str, runtime: str, timer,
+                         live: dict):
+    """`join --fleet`: telemetry from the meeting client's loop (frames, tiles sent, label, inference p50/p90)."""
+    import time
+
+    from edgekit.core.spec import sha256_file
+    from edgekit.edge_apps.fleet import TelemetryPublisher, default_device_id
+    from edgekit.edge_apps.pipeline import recent_stages
+
+    info = {"name": Path(model).name, "sha256": sha256_file(model)[:16], "runtime": runtime}
+    marks = {"t": time.perf_counter(), "frames": 0}
+
+    def collect() -> dict:
+        now, frames = time.perf_counter(), live.get("frames", 0)
+        fps = (frames - marks["frames"]) / max(1e-9, now - marks["t"])
+        marks["t"], marks["frames"] = now, frames
+        return {"model": info, "app": "join", "fps": round(fps, 2), "stages": recent_stages(timer.times),
+                **live}
+
+    publisher = TelemetryPublisher(target, device_id or default_device_id(), collect, interval).start()
+    click.echo(f"fleet telemetry every {interval:g} s to {target} as {publisher.device}", err=True)
+    return publisher
 
 
 @cli.group("fleet")

@@ -129,7 +129,7 @@ def test_the_reader_drops_what_a_hostile_publisher_sends(broker):
         rows = {row["device"]: row for row in read_fleet(target, wait=0.5)}
     finally:
         del os.environ["EDGEKIT_FLEET_PASSWORD"]
-    assert rows["good"] == {"device": "good", "online": True, "telemetry": {"fps": 3.0}}
+    assert rows["good"] == {"device": "good", "online": True, "telemetry": {"fps": 3.0}, "doctor": None}
     assert "big" not in rows  # dropped before it is parsed
     assert rows["text"]["telemetry"] is None and rows["list"]["telemetry"] is None
     assert mqtt.topic_matches_sub(target.topic("+", "telemetry"), "plant-d/devices/good/telemetry")
@@ -153,3 +153,39 @@ def test_fleet_refuses_bad_urls_and_wrong_passwords_in_one_line(broker, tmp_path
     nobody = free_port()
     proc = run_cli("fleet", "status", "--broker", f"mqtt://127.0.0.1:{nobody}/a")
     assert proc.returncode == 2 and "cannot reach the fleet broker" in proc.stderr
+
+
+def test_join_publishes_its_meeting_figures(broker, binary_models, faces_video, tmp_path):
+    port, http = free_port(), free_port()
+    server = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--port", str(port), "--http",
+                               f"127.0.0.1:{http}", "--token", "fleet-test-token", "--viewer-token", "v" * 24],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgekit", "join", "--server", f"127.0.0.1:{port}", "--name",
+                               "ann", "--token", "fleet-test-token", "--model", str(binary_models["onnxruntime"]),
+                               "--source", str(faces_video), "--loop", "--duration", "6", "--out", str(tmp_path),
+                               "--fleet", f"mqtt://pi-01@127.0.0.1:{broker}/meetings", "--fleet-interval", "0.3",
+                               "--device-id", "laptop-ann"], capture_output=True, text=True, timeout=120,
+                              env=cli_env("pi-01"))
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert proc.returncode == 0, proc.stderr
+    [row] = fleet_rows(broker, "meetings")
+    telemetry = row["telemetry"]
+    assert row["device"] == "laptop-ann" and row["online"] is False
+    assert telemetry["app"] == "join" and telemetry["sent"] > 0 and telemetry["frames"] >= telemetry["sent"]
+    assert telemetry["label"] in ("attentive", "not attentive") and "infer" in telemetry["stages"]
+    assert telemetry["model"]["name"] == Path(binary_models["onnxruntime"]).name
+
+
+def test_doctor_publishes_its_checks_once(broker, exported):
+    folder, _ = exported
+    proc = subprocess.run([sys.executable, "-m", "edgekit", "doctor", str(folder / "model.onnx"), "--fleet",
+                           f"mqtt://pi-02@127.0.0.1:{broker}/plant-e", "--device-id", "pi-02"],
+                          capture_output=True, text=True, timeout=120, env=cli_env("pi-02"))
+    assert "published to mqtt://pi-02@127.0.0.1" in proc.stderr, proc.stderr
+    [row] = fleet_rows(broker, "plant-e")
+    checks = {check["name"]: check for check in row["doctor"]["checks"]}
+    assert row["device"] == "pi-02" and checks["model"]["status"] == "ok" and "platform" in checks
+    assert row["telemetry"] is None  # a report, not a running device
