@@ -55,13 +55,19 @@ from edgekit.core import checks, jsonio
               "1 - alpha goes to the hard labels.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
-@click.option("--threads", default=0, show_default=True, help="torch threads (0 = default).")
+@click.option("--threads", default=0, show_default=True, help="torch threads (0 = default; per process with --nproc).")
+@click.option("--nproc", default=1, show_default=True,
+              help="Train in N processes on this machine (DistributedDataParallel, gloo backend); the global batch "
+              "stays --batch. Several machines: torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d "
+              "--rdzv-endpoint HOST:PORT -m edgekit train ARGS (same data path on each).")
 def train(**options) -> None:
     """Train an image classifier and report test metrics (writes model.pt, metrics.json, curves.png)."""
     need_torch()
     from edgekit.training.trainer import TrainConfig, train as run
 
     result = run(TrainConfig(**options))
+    if result is None:  # a torchrun process other than rank 0: rank 0 reports
+        return
     click.echo(result["table"])
     click.echo(f"\ncheckpoint: {result['checkpoint']}  (train time {result['report']['train_seconds']:.0f} s)")
     click.echo(f"next: edgekit quantize {result['checkpoint']} --data {options['data']}", err=True)

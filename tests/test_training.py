@@ -287,3 +287,38 @@ def test_training_from_scratch_lets_batchnorm_statistics_follow_the_weights():
     assert from_scratch_batchnorm(v3) == len(norms)
     assert all(m.momentum == SCRATCH_BN_MOMENTUM for m in norms)
     assert from_scratch_batchnorm(build_model("mobilenet_v2", 10, HeadConfig(0.2, 0), "none")) == 0  # already 0.1
+
+
+def test_train_in_two_processes_shares_the_split_and_writes_once(mini_data, tmp_path):
+    """--nproc 2: DistributedDataParallel on gloo; each process takes half the train split and half the batch,
+    only rank 0 writes, the checkpoint is an ordinary one."""
+    from tests.conftest import run_cli
+
+    proc = run_cli("train", "--data", str(mini_data), "--model", "small_cnn", "--imgsz", "28", "--epochs", "2",
+                   "--batch", "32", "--limit", "200", "--nproc", "2", "--threads", "1", "--out", str(tmp_path / "ddp"))
+    assert proc.returncode == 0, proc.stderr
+    assert "training in 2 processes" in proc.stderr and proc.stderr.count("epoch 2 (all)") == 1  # rank 0 speaks
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["distributed"]["world_size"] == 2 and metrics["distributed"]["batch_per_process"] == 16
+    assert metrics["distributed"]["train_images_per_process"] == 100  # --limit 200 keeps 200 train images
+    assert [h["epoch"] for h in load_checkpoint(tmp_path / "ddp" / "model.pt").history] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["curves.png", "metrics.json", "model.pt"]
+    model = load_model(load_checkpoint(tmp_path / "ddp" / "model.pt"))
+    assert np.isfinite(run_model(model, [np.zeros((1, 1, 28, 28), np.float32)])).all()
+    proc = run_cli("train", "--data", str(mini_data), "--nproc", "0", "--out", str(tmp_path / "bad"))
+    assert proc.returncode == 2 and "--nproc must be in [1, 64]" in proc.stderr
+
+
+def test_two_process_training_rewraps_when_the_stage_changes_what_trains(image_folder, tmp_path):
+    """Pretrained weights: head-only stage, then the backbone too. DDP only synchronises the parameters that
+    trained when it was built, so each stage gets its own wrapper."""
+    import torchvision
+
+    from edgekit.training.trainer import TrainConfig, train
+
+    weights = tmp_path / "pretrained.pth"
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), weights)
+    result = train(TrainConfig(data=str(image_folder), weights=str(weights), epochs=2, head_epochs=1, batch_size=16,
+                               nproc=2, threads=1, out=str(tmp_path / "out")))
+    assert [h["stage"] for h in result["history"]] == ["head", "finetune"]
+    assert result["report"]["distributed"]["world_size"] == 2

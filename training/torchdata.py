@@ -49,14 +49,25 @@ class TableDataset:
 
 
 def make_loader(table: ImageTable, indices: np.ndarray, spec: ModelSpec, batch_size: int,
-                train: bool = False, hflip: bool = False, seed: int = 0, workers: int = 0):
+                train: bool = False, hflip: bool = False, seed: int = 0, workers: int = 0,
+                shard: tuple[int, int] | None = None):
+    """A DataLoader over ``indices``. ``shard=(rank, world_size)``: this process's share of a distributed
+    training split (torch's DistributedSampler: a seeded permutation per epoch, cut into equal parts; call
+    ``loader.sampler.set_epoch(epoch)`` each epoch), with its own augmentation seed."""
     import torch
     from torch.utils.data import DataLoader
 
     generator = torch.Generator().manual_seed(seed)
-    dataset = TableDataset(table, indices, spec, train=train, hflip=hflip, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator,
-                      num_workers=workers, drop_last=train and len(dataset) > batch_size,
+    rank, world = shard or (0, 1)
+    dataset = TableDataset(table, indices, spec, train=train, hflip=hflip, seed=seed + 1000 * rank)
+    sampler = None
+    if shard is not None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      generator=generator, num_workers=workers,
+                      drop_last=train and len(dataset) > batch_size * world,
                       worker_init_fn=_seed_worker if workers else None)
 
 

@@ -9,6 +9,7 @@ data sets would wreck the ImageNet statistics).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 import time
@@ -68,7 +69,8 @@ class TrainConfig:
     kd_alpha: float = 0.9  # weight of the soft-target loss; 1 - alpha on the hard labels
     seed: int = 0
     workers: int = 0
-    threads: int = 0  # 0 = torch's default
+    threads: int = 0  # 0 = torch's default (per process with nproc > 1: the usable cores shared out)
+    nproc: int = 1  # processes training together (DistributedDataParallel, gloo); see train()
 
     def __post_init__(self) -> None:
         arch = get_arch(self.model)  # unknown names fail before any data is read
@@ -89,6 +91,7 @@ class TrainConfig:
         if self.pos_weight is not None:
             checks.within("--pos-weight", self.pos_weight, 0, 1e6, low_open=True)
         checks.threads("--threads", self.threads)
+        checks.within("--nproc", self.nproc, 1, 64)
         checks.within("--kd-temperature", self.kd_temperature, 0, 100, low_open=True)
         checks.within("--kd-alpha", self.kd_alpha, 0, 1)
         if self.teacher is not None and not Path(self.teacher).is_file():
@@ -163,7 +166,7 @@ def set_trainable(model, stage: str, unfreeze_blocks: int) -> list:
 def _freeze_batchnorm(model) -> None:
     import torch.nn as nn
 
-    for module in model.features.modules():
+    for module in getattr(model, "module", model).features.modules():  # a DistributedDataParallel wrapper too
         if isinstance(module, nn.BatchNorm2d):
             module.eval()
 
@@ -205,8 +208,9 @@ def run_epoch(model, loader, loss_fn, binary: bool, optimizer=None, freeze_bn: b
     return total_loss / max(len(labels), 1), float((preds == labels).mean()), logits, labels
 
 
-def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec, distill=None) -> list[dict]:
-    """Run the stages; keeps the weights of the best validation loss in ``model``."""
+def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec, distill=None, wrap=None) -> list[dict]:
+    """Run the stages; keeps the weights of the best validation loss in ``model``. ``wrap(model)``, when
+    given, is what trains each stage (DistributedDataParallel, made after the stage sets what trains)."""
     import torch
 
     pretrained = cfg.weights != "none"
@@ -219,13 +223,16 @@ def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec, distil
         if epochs <= 0:
             continue
         params = set_trainable(model, stage, cfg.unfreeze_blocks)
+        net = wrap(model) if wrap else model
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
         scheduler = _scheduler(optimizer, cfg, epochs)
         stale = 0
         for _ in range(epochs):
             epoch += 1
             start = time.perf_counter()
-            tr_loss, tr_acc, _, _ = run_epoch(model, loaders["train"], loss_fn, spec.binary, optimizer,
+            if hasattr(loaders["train"].sampler, "set_epoch"):  # distributed: a new shuffle every epoch
+                loaders["train"].sampler.set_epoch(epoch)
+            tr_loss, tr_acc, _, _ = run_epoch(net, loaders["train"], loss_fn, spec.binary, optimizer,
                                               freeze_bn=stage != "all", desc=f"epoch {epoch} {stage}",
                                               distill=distill)
             va_loss, va_acc = (run_epoch(model, loaders["val"], loss_fn, spec.binary, desc="val")[:2]
@@ -323,21 +330,87 @@ def from_scratch_batchnorm(model) -> int:
     return changed
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train, evaluate on the test split, write model.pt, metrics.json and curves.png to ``cfg.out``."""
+def distributed_rank() -> tuple[int, int] | None:
+    """(rank, world size) when this process belongs to a torch.distributed job (started by torchrun or by
+    ``train(nproc=N)``: RANK and WORLD_SIZE in the environment), else None."""
+    import os
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None
+
+
+def _spawned(rank: int, cfg: TrainConfig, port: int, log_level: int) -> None:
+    """One process of ``train(nproc=N)``; logs like its parent (a spawned process starts unconfigured)."""
+    import os
+    import sys
+
+    if log_level != logging.NOTSET and not logging.getLogger().handlers:
+        logging.basicConfig(level=log_level, stream=sys.stderr, format="%(message)s")
+        logging.getLogger("torch").setLevel(logging.WARNING)
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(cfg.nproc))
+    train(cfg)
+
+
+def _train_in_processes(cfg: TrainConfig) -> dict:
+    """``--nproc N`` on this machine: N processes on torch.distributed's gloo backend (CPU), joined here;
+    rank 0 writes the outputs, which are read back."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from edgekit.models.checkpoint import load_checkpoint
+
+    load_data(cfg)  # bad data fails once, here, not in N processes
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log.info("training in %d processes (DistributedDataParallel, gloo)", cfg.nproc)
+    root = logging.getLogger()
+    mp.spawn(_spawned, args=(cfg, port, root.level if root.handlers else logging.NOTSET), nprocs=cfg.nproc,
+             join=True)
+    out = Path(cfg.out)
+    report = json.loads((out / "metrics.json").read_text())
+    path = out / "model.pt"
+    table_text = "\n".join([format_report(report), *(f"warning: {w}" for w in report["warnings"])])
+    return {"checkpoint": path, "report": report, "table": table_text, "history": load_checkpoint(path).history}
+
+
+def train(cfg: TrainConfig) -> dict | None:
+    """Train, evaluate on the test split, write model.pt, metrics.json and curves.png to ``cfg.out``.
+
+    Several processes (``cfg.nproc`` > 1, or started by ``torchrun``): DistributedDataParallel on the gloo
+    backend. Every process holds the whole model; the train split is shared out by a seeded
+    DistributedSampler (the recorded split itself is unchanged), each process takes ``batch / N`` images a
+    step so that the gradient averaged over processes is that of the single-process batch, BatchNorm
+    statistics are per process (as on one machine with a smaller batch), and every process evaluates the whole
+    validation split so that early stopping decides the same everywhere. Only rank 0 tests and writes;
+    the others return None."""
+    if cfg.nproc > 1 and distributed_rank() is None:
+        return _train_in_processes(cfg)
     out = Path(cfg.out)
     table = load_data(cfg)  # bad data fails here, before torch is imported
     spec = make_spec(cfg, table)
     import torch
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    dist = distributed_rank()
+    rank, world = dist or (0, 1)
+    if dist:
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+        if rank:  # one voice: rank 0 logs progress
+            logging.getLogger("edgekit").setLevel(logging.WARNING)
+    if cfg.threads or dist:
+        torch.set_num_threads(cfg.threads or max(1, checks.usable_cpus() // world))
     seed_everything(cfg.seed)
     model = build_model(cfg.model, spec.num_outputs, HeadConfig(cfg.dropout, cfg.hidden), cfg.weights)
     if cfg.weights == "none":
         from_scratch_batchnorm(model)
-    loaders = {name: make_loader(table, table.indices(name), spec, cfg.batch_size, train=name == "train",
-                                 hflip=cfg.hflip, seed=cfg.seed, workers=cfg.workers)
+    loaders = {name: make_loader(table, table.indices(name), spec,
+                                 max(1, cfg.batch_size // world) if name == "train" else cfg.batch_size,
+                                 train=name == "train", hflip=cfg.hflip, seed=cfg.seed, workers=cfg.workers,
+                                 shard=(rank, world) if dist and name == "train" else None)
                for name in ("train", "val", "test") if len(table.indices(name))}
     log.info("data: %s", ", ".join(f"{n} {len(table.indices(n))}" for n in ("train", "val", "test")))
     distill = None
@@ -347,15 +420,30 @@ def train(cfg: TrainConfig) -> dict:
         distill = Distiller.from_checkpoint(cfg.teacher, spec, cfg.kd_temperature, cfg.kd_alpha,
                                             make_loss(cfg, spec, table))
         log.info("distilling from %s (T=%g, alpha=%g)", cfg.teacher, cfg.kd_temperature, cfg.kd_alpha)
+    wrap = None
+    if dist:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrap = DistributedDataParallel  # CPU: no device ids
+        log.info("process %d of %d: %d train images a step per process", rank, world, max(1, cfg.batch_size // world))
     start = time.perf_counter()
-    history = fit(model, loaders, make_loss(cfg, spec, table), cfg, spec, distill)
+    try:
+        history = fit(model, loaders, make_loss(cfg, spec, table), cfg, spec, distill, wrap)
+    finally:
+        if dist:
+            torch.distributed.destroy_process_group()
     train_seconds = time.perf_counter() - start
+    if rank:
+        return None
     _, _, logits, labels = run_epoch(model, loaders["test"], make_loss(cfg, spec, table), spec.binary, desc="test")
     report = classification_report(labels, logits, spec.labels, spec.binary)
     report["warnings"] = collapse_warnings(logits, spec)
     for warning in report["warnings"]:
         log.warning("%s", warning)
     report.update(train_seconds=train_seconds, skipped_images=len(table.skipped), config=asdict(cfg))
+    if dist:
+        report["distributed"] = {"backend": "gloo", "world_size": world, "batch_per_process": max(1, cfg.batch_size // world),
+                                 "train_images_per_process": len(loaders["train"].sampler)}
     if distill is not None:
         report["distillation"] = distill.describe()
     model_info = {"arch": cfg.model, "head": asdict(HeadConfig(cfg.dropout, cfg.hidden))}
