@@ -145,6 +145,17 @@ class Classifier:
         self.inferences += 1
         return probabilities(logits, self.spec.binary)
 
+    def swap(self, runtime) -> None:
+        """Use ``runtime`` from the next frame on (a model rolled out while running); it must take the same
+        input and give the same labels, else BadInputError and nothing changes. Returns nothing; the caller
+        closes the runtime it replaced."""
+        new, old = runtime.spec, self.spec
+        if list(new.labels) != list(old.labels) or new.input_shape(1) != old.input_shape(1) or \
+                new.binary != old.binary:
+            raise BadInputError(f"the new model's labels or input ({list(new.labels)[:4]}..., "
+                                f"{new.input_shape(1)}) are not the running one's; not switched")
+        self.runtime, self.spec = runtime, new
+
 
 class ClassifyApp:
     name = "classify"

@@ -7,6 +7,8 @@ runtime. It writes ``events.jsonl``, ``summary.json`` and, when asked, ``annotat
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -61,6 +63,55 @@ def prepare_output(folder: Path) -> Path:
     return folder
 
 
+class ModelWatcher:
+    """Switches a running app to a new model when ``--model``'s path comes to mean another file: a fleet
+    rollout moves ``MODELS/current`` (edge_apps/rollout.py). Called by the pipeline between frames; it looks
+    at the path at most once a second, loads the new model while the camera thread keeps capturing, and
+    keeps the running model when the new one does not load or does not fit (labels, input)."""
+
+    def __init__(self, path: str, runtime: str | None, options, classifier, say: Callable[[str], None],
+                 every: float = 1.0):
+        self.path, self.runtime, self.options, self.classifier, self.say = path, runtime, options, classifier, say
+        self.loaded = self.running = os.path.realpath(path)  # last file tried; file in use
+        self.every, self.next = every, 0.0
+        self.model = self.describe(path, classifier.runtime.name)
+        self.switches: list[dict] = []
+
+    @staticmethod
+    def describe(path: str, runtime: str) -> dict:
+        return {"name": Path(path).name, "sha256": sha256_file(path)[:16], "runtime": runtime}
+
+    def __call__(self) -> None:
+        from edgekit.core.errors import EdgekitError
+        from edgekit.runtimes import load_runtime
+
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + self.every
+        real = os.path.realpath(self.path)
+        if real == self.loaded or not os.path.isfile(real):
+            return
+        self.loaded = real  # one try per change of the path
+        if real == self.running:  # back to the model in use (a rollout rolled back): nothing to load
+            return
+        old, new = self.classifier.runtime, None
+        try:
+            new = load_runtime(real, self.runtime, self.options)
+            self.classifier.swap(new)
+        except (EdgekitError, OSError, RuntimeError, ValueError) as exc:
+            if new is not None:
+                new.close()
+            self.say(f"model at {self.path} changed but was not switched to: {exc}")
+            self.switches.append({"to": real, "ok": False, "why": str(exc)})
+            return
+        old.close()
+        self.running = real
+        self.model = self.describe(real, new.name)
+        self.switches.append({"to": real, "ok": True, "sha256": self.model["sha256"]})
+        self.say(f"switched to {real} ({self.model['sha256']})")
+
+
 def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -> dict:
     """Run ``cfg.app`` on every frame of ``cfg.source``; returns the summary (also written as summary.json).
     ``say`` receives progress lines meant for the user (the stream's URL)."""
@@ -76,7 +127,7 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
         target = FleetTarget.parse(cfg.fleet, cfg.fleet_ca)
     detector = load_detector(cfg.faces if cfg.faces is not None else app_class(cfg.app).default_faces)
     rt = load_runtime(cfg.model, cfg.runtime, RuntimeOptions(threads=cfg.threads))
-    frames = publisher = None
+    frames = publisher = app = None
     try:
         timer = Timer()
         app = build_app(cfg.app, rt, timer, detector, cfg.settings)
@@ -90,11 +141,13 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
             server = MjpegServer(cfg.serve, title=f"edgekit run --app {cfg.app}", token=cfg.viewer_token)
             sinks.append(StreamSink(server))
             say(f"streaming on {server.url}" + (f" (viewer token {server.token})" if server.generated_token else ""))
-        pipeline = Pipeline(app, timer, cfg.pipeline, events=JsonlEvents(folder / "events.jsonl"), sinks=sinks)
+        watcher = ModelWatcher(cfg.model, cfg.runtime, RuntimeOptions(threads=cfg.threads), app.classify, say)
+        pipeline = Pipeline(app, timer, cfg.pipeline, events=JsonlEvents(folder / "events.jsonl"), sinks=sinks,
+                            watch=watcher)
         if target is not None:
-            model = {"name": Path(cfg.model).name, "sha256": sha256_file(cfg.model)[:16], "runtime": rt.name}
             publisher = TelemetryPublisher(target, cfg.device_id or default_device_id(),
-                                           lambda: {"model": model, **pipeline.telemetry()}, cfg.fleet_interval)
+                                           lambda: {"model": watcher.model, **pipeline.telemetry()},
+                                           cfg.fleet_interval)
             publisher.start()
             say(f"fleet telemetry every {cfg.fleet_interval:g} s to {target} as {publisher.device}")
         try:
@@ -105,11 +158,14 @@ def run_camera(cfg: RunConfig, say: Callable[[str], None] = lambda line: None) -
         for sink in sinks:
             if isinstance(sink, VideoSink):
                 summary["video"] = sink.report()
+        if watcher.switches:
+            summary["model_switches"] = watcher.switches
     finally:
         if publisher is not None:  # its last document reads the pipeline: stop it before the source goes
             publisher.close()
         if frames is not None:
             frames.close()
+        rt = app.classify.runtime if app is not None else rt  # the model in use (a rollout may have switched it)
         rt.close()
     jsonio.write(folder / "summary.json", summary, indent=2, default=str)
     summary["written"] = [str(folder / name) for name in ("events.jsonl", "summary.json", "annotated.avi")

@@ -12,6 +12,8 @@ Topics, all under the fleet's prefix (so one fleet never reads or writes another
   plus what the publisher's ``collect`` gives: model name and hash, FPS, per-stage p50/p90, glass-to-glass,
   dropped frames, last alert). Retained too: the newest one per device.
 - ``PREFIX/devices/DEVICE/doctor``: `edgekit doctor --fleet` publishes its checks once (retained).
+- ``PREFIX/devices/DEVICE/agent``, ``agent-status`` and ``rollout``: the rollout agent beside the app
+  (`edgekit fleet agent`, edge_apps/rollout.py): its model, its own online state, the last rollout's outcome.
 
 Security: ``mqtts://`` connects with TLS (the system's CAs, or ``ca`` for a private one); credentials are
 per device, the user name in the URL and the password from ``$EDGEKIT_FLEET_PASSWORD`` (never in the URL, so
@@ -181,18 +183,21 @@ class TelemetryPublisher:
     online; ``close()`` stops the thread, joins it, publishes the last document and ``offline``, then
     disconnects. A broker that goes away later is logged, not fatal: paho reconnects on its own."""
 
-    def __init__(self, target: FleetTarget, device: str, collect: Callable[[], dict], interval: float = 5.0):
+    def __init__(self, target: FleetTarget, device: str, collect: Callable[[], dict], interval: float = 5.0,
+                 kind: str = "telemetry"):
         checks.within("--fleet-interval", interval, 0.05, 3600)
         self.target, self.device = target, check_name("--device-id", device)
         self.collect, self.interval = collect, interval
+        # `run`/`join` publish "telemetry" and "status"; the rollout agent beside them "agent" and "agent-status"
+        self.kind, self.status_kind = kind, "status" if kind == "telemetry" else f"{kind}-status"
         self.client = None
         self.sent = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> "TelemetryPublisher":
-        status = self.target.topic(self.device, "status")
-        self.client = connect(self.target, f"edgekit-{self.device}", will=(status, "offline"))
+        status = self.target.topic(self.device, self.status_kind)
+        self.client = connect(self.target, f"edgekit-{self.kind}-{self.device}", will=(status, "offline"))
         self.client.publish(status, "online", qos=1, retain=True)
         self._thread = threading.Thread(target=self._loop, name="fleet-telemetry", daemon=True)
         self._thread.start()
@@ -202,7 +207,7 @@ class TelemetryPublisher:
         return {"device": self.device, "time": round(time.time(), 3), **system_status(), **self.collect()}
 
     def publish_once(self, wait: float = 5.0) -> None:
-        info = self.client.publish(self.target.topic(self.device, "telemetry"),
+        info = self.client.publish(self.target.topic(self.device, self.kind),
                                    json.dumps(self.document(), default=str), qos=1, retain=True)
         info.wait_for_publish(wait)
         self.sent += 1
@@ -222,7 +227,7 @@ class TelemetryPublisher:
             self._thread.join()
         try:
             self.publish_once(wait=2.0)
-            self.client.publish(self.target.topic(self.device, "status"), "offline", qos=1,
+            self.client.publish(self.target.topic(self.device, self.status_kind), "offline", qos=1,
                                 retain=True).wait_for_publish(2.0)
         except (RuntimeError, ValueError, OSError) as exc:
             log.warning("fleet: could not say goodbye: %s", exc)
@@ -249,7 +254,8 @@ def read_fleet(target: FleetTarget, wait: float = 1.5) -> list[dict]:
     checks.within("--wait", wait, 0.1, 60)
     devices: dict[str, dict] = {}
     lock = threading.Lock()
-    pattern = re.compile(rf"^{re.escape(target.prefix)}/devices/([^/]+)/(status|telemetry|doctor)$")
+    kinds = ("status", "telemetry", "doctor", "agent", "agent-status", "rollout")
+    pattern = re.compile(rf"^{re.escape(target.prefix)}/devices/([^/]+)/({'|'.join(kinds)})$")
 
     def on_message(client, userdata, message):
         match = pattern.match(message.topic)
@@ -259,9 +265,10 @@ def read_fleet(target: FleetTarget, wait: float = 1.5) -> list[dict]:
         with lock:
             if device not in devices and len(devices) >= MAX_DEVICES:
                 return
-            row = devices.setdefault(device, {"device": device, "online": None, "telemetry": None, "doctor": None})
-            if kind == "status":
-                row["online"] = message.payload == b"online"
+            row = devices.setdefault(device, {"device": device, "online": None, "telemetry": None, "doctor": None,
+                                              "agent_online": None, "agent": None, "rollout": None})
+            if kind.endswith("status"):
+                row["online" if kind == "status" else "agent_online"] = message.payload == b"online"
                 return
             try:
                 document = json.loads(message.payload)
@@ -273,7 +280,7 @@ def read_fleet(target: FleetTarget, wait: float = 1.5) -> list[dict]:
     client = connect(target, f"edgekit-reader-{os.getpid()}-{int(time.time() * 1000) % 100000}")
     client.on_message = on_message
     try:
-        client.subscribe([(target.topic("+", kind), 1) for kind in ("status", "telemetry", "doctor")])
+        client.subscribe([(target.topic("+", kind), 1) for kind in kinds])
         time.sleep(wait)  # retained messages arrive at once; live ones during the wait
     finally:
         client.disconnect()
@@ -292,12 +299,16 @@ def format_fleet(rows: list[dict], now: float | None = None) -> str:
              f"{'RSS MB':>7} {'temp C':>6} {'seen':>7}"]
     for row in rows:
         t = row["telemetry"] if isinstance(row.get("telemetry"), dict) else {}
-        model = t.get("model") if isinstance(t.get("model"), dict) else {}
+        agent = row["agent"] if isinstance(row.get("agent"), dict) else {}
+        model = t.get("model") if isinstance(t.get("model"), dict) else \
+            agent.get("model") if isinstance(agent.get("model"), dict) else {}
         stages = t.get("stages") if isinstance(t.get("stages"), dict) else {}
         infer = stages.get("infer") if isinstance(stages.get("infer"), dict) else {}
-        seen = t.get("time")
+        seen = t.get("time", agent.get("time"))
         age = f"{now - seen:.0f} s" if isinstance(seen, (int, float)) and not isinstance(seen, bool) else "-"
         state = {True: "online", False: "offline", None: "?"}[row.get("online")]
+        if row.get("online") is not True and row.get("agent_online") is not None:  # only the rollout agent
+            state = "agent" if row["agent_online"] else "offline"
         lines.append(f"{row['device'][:20]:<20} {state:<8} {str(model.get('name', '-'))[:22]:<22} "
                      f"{str(model.get('sha256', '-'))[:12]:<12} {_number(t.get('fps'), '6.1f'):>6} "
                      f"{_number(infer.get('p50_ms'), '7.2f'):>7} ms {_number(t.get('rss_mb'), '7.0f'):>7} "

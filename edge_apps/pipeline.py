@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -267,6 +268,7 @@ class Pipeline:
     gated: int = 0  # frames the motion gate let through without running the app
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time of the whole process (every thread) while frames ran
+    watch: Callable[[], None] | None = None  # called between frames (camera.ModelWatcher: a rolled-out model)
 
     def run(self, source: FrameSource) -> dict:
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -289,6 +291,8 @@ class Pipeline:
                     frame = next(iterator, None)
                 if frame is None or (writer is not None and writer.quit):
                     break
+                if self.watch is not None:
+                    self.watch()
                 analyze = last is None or self.frames % self.config.every == 0
                 if analyze and last is not None and self.config.motion_gate > 0:
                     with self.timer("gate"):

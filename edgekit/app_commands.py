@@ -351,3 +351,107 @@ def fleet_status(url: str, fleet_ca: str | None, wait: float, as_json: bool) -> 
 
     rows = read_fleet(FleetTarget.parse(url, fleet_ca), wait)
     click.echo(json.dumps(rows, indent=2, default=str) if as_json else format_fleet(rows))
+
+
+@fleet_group.command("keygen")
+@click.argument("key", type=click.Path())
+def fleet_keygen(key: str) -> None:
+    """Make an Ed25519 key pair: KEY (private, 0600, for `fleet publish`) and KEY.pub (for devices' --trust)."""
+    from edgekit.edge_apps.rollout import keygen
+
+    private, public = keygen(Path(key))
+    click.echo(f"private key {private} (keep it on the publishing machine); public key {public} (give it to devices)")
+
+
+@fleet_group.command("publish")
+@click.argument("folder", type=click.Path())
+@click.option("--broker", "url", required=True, metavar="URL", help="mqtt[s]://[user@]host[:port]/prefix of the fleet.")
+@click.option("--fleet-ca", default=None, type=click.Path(), help="CA file of an mqtts:// broker.")
+@click.option("--to", "group", required=True, help="The device group (devices run `fleet agent --group GROUP`).")
+@click.option("--key", required=True, type=click.Path(), help="The Ed25519 private key (`edgekit fleet keygen`).")
+@click.option("--percent", default=100.0, show_default=True, help="Share of the group that takes this model.")
+@click.option("--model", "model", default=None, help="The model file inside FOLDER (default: its only .onnx).")
+@click.option("--serve", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT",
+              help="Where the files are served from while devices download them.")
+@click.option("--duration", default=0.0, show_default=True, help="Serve for N seconds, then stop (0 = until Ctrl-C).")
+def fleet_publish(folder: str, url: str, fleet_ca: str | None, group: str, key: str, percent: float, model: str | None,
+                  serve: str, duration: float) -> None:
+    """Announce the model in FOLDER to a device group, signed, and serve its files until stopped."""
+    import time
+
+    from edgekit.edge_apps.fleet import FleetTarget
+    from edgekit.edge_apps.rollout import BundleServer, announce, build_manifest, sign
+
+    ctrl_c_interrupts()
+    target = FleetTarget.parse(url, fleet_ca)
+    checks.within("--percent", percent, 0, 100, low_open=True)
+    checks.within("--duration", duration, 0, 10**7)
+    manifest = build_manifest(Path(folder), model)
+    signature = sign(manifest, key)
+    server = BundleServer(Path(folder), list(manifest["files"]), serve)
+    try:
+        message = announce(target, group, manifest, signature, server.url, percent)
+        click.echo(f"rollout {message['id']} of {manifest['model']} to {percent:g}% of {group}; serving "
+                   f"{len(manifest['files'])} files on {server.url.split('/', 3)[2]}", err=True)
+        deadline = time.monotonic() + duration if duration else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        click.echo("stopped serving", err=True)
+    finally:
+        server.close()
+    click.echo(message["id"])
+
+
+@fleet_group.command("agent")
+@click.option("--broker", "url", required=True, metavar="URL", help="mqtt[s]://[user@]host[:port]/prefix of the fleet.")
+@click.option("--fleet-ca", default=None, type=click.Path(), help="CA file of an mqtts:// broker.")
+@click.option("--group", required=True, help="The group whose rollouts this device takes.")
+@click.option("--trust", required=True, type=click.Path(), help="The publisher's public key (KEY.pub).")
+@click.option("--dir", "models", default="models", show_default=True, type=click.Path(),
+              help="Where models go; MODELS/current points at the active one (run --model MODELS/current/...).")
+@click.option("--device-id", default=None, help="This device's name in the fleet (default: the host name).")
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between telemetry messages.")
+@click.option("--probation", default=0.0, show_default=True,
+              help="After a switch, roll back unless `edgekit run --fleet` on this device (same --device-id) "
+              "reports the new model running within N seconds (0 = no run-time check).")
+@click.option("--duration", default=0.0, show_default=True, help="Stop after N seconds (0 = until Ctrl-C).")
+def fleet_agent(url: str, fleet_ca: str | None, group: str, trust: str, models: str, device_id: str | None,
+                interval: float, probation: float, duration: float) -> None:
+    """The device side of rollouts: verify, download, health-check and switch models; report state."""
+    import time
+
+    from edgekit.core.spec import sha256_file
+    from edgekit.edge_apps.fleet import FleetTarget, TelemetryPublisher, default_device_id
+    from edgekit.edge_apps.rollout import RolloutAgent
+
+    ctrl_c_interrupts()
+    target = FleetTarget.parse(url, fleet_ca)
+    checks.within("--duration", duration, 0, 10**7)
+    device = device_id or default_device_id()
+    agent = RolloutAgent(target, group, trust, Path(models), device, probation=probation)
+    hashes: dict[str, str] = {}
+
+    def collect() -> dict:
+        current = agent.models / "current"
+        model = None
+        if current.is_dir():
+            onnx = sorted(current.glob("*.onnx"))
+            if onnx:
+                real = str(onnx[0].resolve())
+                hashes.setdefault(real, sha256_file(real)[:16])
+                model = {"name": onnx[0].name, "sha256": hashes[real], "rollout": agent.current_id()}
+        return {"app": "agent", "model": model, "rollout": vars(agent.state)}
+
+    publisher = TelemetryPublisher(target, device, collect, interval, kind="agent").start()
+    agent.start()
+    click.echo(f"agent {device} on {target} group {group}; models in {models}", err=True)
+    try:
+        deadline = time.monotonic() + duration if duration else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.close()
+        publisher.close()

@@ -129,7 +129,7 @@ def test_the_reader_drops_what_a_hostile_publisher_sends(broker):
         rows = {row["device"]: row for row in read_fleet(target, wait=0.5)}
     finally:
         del os.environ["EDGEKIT_FLEET_PASSWORD"]
-    assert rows["good"] == {"device": "good", "online": True, "telemetry": {"fps": 3.0}, "doctor": None}
+    assert rows["good"]["online"] is True and rows["good"]["telemetry"] == {"fps": 3.0}
     assert "big" not in rows  # dropped before it is parsed
     assert rows["text"]["telemetry"] is None and rows["list"]["telemetry"] is None
     assert mqtt.topic_matches_sub(target.topic("+", "telemetry"), "plant-d/devices/good/telemetry")
@@ -189,3 +189,194 @@ def test_doctor_publishes_its_checks_once(broker, exported):
     checks = {check["name"]: check for check in row["doctor"]["checks"]}
     assert row["device"] == "pi-02" and checks["model"]["status"] == "ok" and "platform" in checks
     assert row["telemetry"] is None  # a report, not a running device
+
+
+def bundle(folder: Path, model: Path) -> Path:
+    """A fleet bundle: the model as model.onnx with its spec beside it."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    shutil.copy(model, folder / "model.onnx")
+    shutil.copy(f"{model}.edgekit.json", folder / "model.onnx.edgekit.json")
+    return folder
+
+
+def publish_raw(port: int, prefix: str, group: str, message: dict) -> None:
+    """An announcement sent by hand (tampered ones): a client that speaks MQTT, not edgekit."""
+    from edgekit.edge_apps.fleet import FleetTarget, connect
+    from edgekit.edge_apps.rollout import canonical
+
+    os.environ["EDGEKIT_FLEET_PASSWORD"] = USERS["pi-01"]
+    try:
+        client = connect(FleetTarget.parse(f"mqtt://pi-01@127.0.0.1:{port}/{prefix}"), "tamperer")
+    finally:
+        del os.environ["EDGEKIT_FLEET_PASSWORD"]
+    client.publish(f"{prefix}/rollout/{group}", canonical(message), qos=1, retain=True).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+def wait_rows(port: int, prefix: str, done, timeout: float = 60.0) -> dict:
+    deadline, rows = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        rows = {row["device"]: row for row in fleet_rows(port, prefix, wait=0.3)}
+        if done(rows):
+            return rows
+    raise AssertionError(f"fleet never reached the expected state: {json.dumps(rows, default=str)[:3000]}")
+
+
+def test_signed_rollout_to_half_of_twenty_devices_tampering_and_a_failing_health_check(broker, exported, tmp_path):
+    """20 device processes run the real agent (torch-free code, onnxruntime). A signed bundle to 50%: exactly the
+    devices the rollout's hash selects switch, and `fleet status` shows their model hash within 5 s. A
+    manifest altered after signing, and one signed by another key, are refused by all. A signed bundle whose
+    model does not reproduce its health samples fails on every device and leaves the model it had."""
+    from edgekit.core.spec import sha256_file
+    from edgekit.edge_apps.rollout import build_manifest, keygen, rollout_id, selected, sign
+
+    folder, _ = exported
+    key, public = keygen(tmp_path / "fleet.key")
+    other_key, _ = keygen(tmp_path / "other.key")
+    v1 = bundle(tmp_path / "v1", folder / "model.onnx")
+    v2 = bundle(tmp_path / "v2", folder / "model_int8.onnx")
+    devices = [f"dev-{i:02d}" for i in range(20)]
+    agents = [subprocess.Popen([sys.executable, "-m", "edgekit", "fleet", "agent", "--broker",
+                                f"mqtt://pi-01@127.0.0.1:{broker}/factory", "--group", "line-1", "--trust", str(public),
+                                "--dir", str(tmp_path / "devices" / name), "--device-id", name, "--interval", "0.5",
+                                "--duration", "300"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=cli_env("pi-01")) for name in devices]
+    try:
+        wait_rows(broker, "factory", lambda rows: all(rows.get(d, {}).get("agent_online") for d in devices))
+        publisher = subprocess.Popen([sys.executable, "-m", "edgekit", "fleet", "publish", str(v1), "--broker",
+                                      f"mqtt://pi-01@127.0.0.1:{broker}/factory", "--to", "line-1", "--key", str(key),
+                                      "--percent", "50", "--duration", "15"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=cli_env("pi-01"))
+        announced = publisher.stderr.readline()  # "rollout ID of model.onnx to 50% of line-1; serving ..."
+        started = time.monotonic()
+        assert announced.startswith("rollout "), announced + publisher.stderr.read()
+        rid = announced.split()[1]
+        chosen = {d for d in devices if selected(d, rid, 50)}
+        assert 3 <= len(chosen) <= 17  # the hash spreads devices; this rollout id gives this share
+        v1_hash = sha256_file(v1 / "model.onnx")[:16]
+        rows = wait_rows(broker, "factory", lambda rows: all(
+            (rows[d].get("agent") or {}).get("model") and rows[d]["agent"]["model"]["sha256"] == v1_hash
+            for d in chosen), timeout=5)
+        assert time.monotonic() - started < 5
+        assert publisher.wait(60) == 0 and publisher.stdout.read().strip() == rid
+        for d in devices:
+            link = tmp_path / "devices" / d / "current"
+            assert link.is_symlink() == (d in chosen), d
+            state = rows[d]["rollout"] or {}
+            assert state.get("state") == ("active" if d in chosen else "skipped"), (d, state)
+        # tampered: a file hash changed after signing; and a manifest signed by a key the devices do not trust
+        manifest = build_manifest(v2)
+        forged = json.loads(json.dumps(manifest))
+        forged["files"]["model.onnx"]["sha256"] = "0" * 64
+        for message in ({"id": rollout_id(forged), "manifest": forged, "signature": sign(manifest, key),
+                         "url": "http://127.0.0.1:9/x/", "percent": 100},
+                        {"id": rollout_id(manifest), "manifest": manifest, "signature": sign(manifest, other_key),
+                         "url": "http://127.0.0.1:9/x/", "percent": 100}):
+            publish_raw(broker, "factory", "line-1", message)
+            rows = wait_rows(broker, "factory", lambda rows: all(
+                (rows[d].get("rollout") or {}).get("state") == "refused" for d in devices), timeout=30)
+            assert all("signature does not match" in rows[d]["rollout"]["why"] for d in devices)
+        # a validly signed bundle whose model does not give the outputs the publisher recorded
+        broken = json.loads(json.dumps(manifest))
+        broken["health"]["outputs"] = [[[v + 5.0 * (i % 3) for i, v in enumerate(row[0])]]
+                                       for row in broken["health"]["outputs"]]
+        from edgekit.edge_apps.rollout import BundleServer
+
+        server = BundleServer(v2, list(broken["files"]))
+        try:
+            publish_raw(broker, "factory", "line-1", {"id": rollout_id(broken), "manifest": broken,
+                                                      "signature": sign(broken, key), "url": server.url,
+                                                      "percent": 100})
+            rows = wait_rows(broker, "factory", lambda rows: all(
+                (rows[d].get("rollout") or {}).get("id") == rollout_id(broken) for d in devices), timeout=60)
+        finally:
+            server.close()
+        for d in devices:
+            assert rows[d]["rollout"]["state"] == "failed" and "health sample" in rows[d]["rollout"]["why"], d
+            link = tmp_path / "devices" / d / "current"
+            assert (os.readlink(link) if link.is_symlink() else None) == (rid if d in chosen else None), d
+            assert not list((tmp_path / "devices" / d).glob(".staging-*"))
+    finally:
+        for agent in agents:
+            agent.send_signal(signal.SIGINT)
+        for agent in agents:
+            try:
+                agent.wait(30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+
+
+def test_a_running_camera_app_takes_a_rollout_and_a_model_it_cannot_run_is_rolled_back(
+        broker, exported, binary_models, tmp_path):
+    """`fleet agent --probation` beside `edgekit run --model MODELS/current/model.onnx --fleet`: the run switches
+    to a rolled-out model without stopping its camera; a model it cannot take (other labels) never reports
+    frames, so the agent points `current` back and the run keeps the model it had."""
+    from edgekit.core.spec import sha256_file
+    from edgekit.edge_apps.rollout import keygen
+
+    folder, _ = exported
+    key, public = keygen(tmp_path / "fleet.key")
+    v1 = bundle(tmp_path / "v1", folder / "model.onnx")
+    v2 = bundle(tmp_path / "v2", folder / "model_int8.onnx")
+    wrong = bundle(tmp_path / "wrong", binary_models["onnxruntime"])  # loads and is healthy, other labels
+    models, url = tmp_path / "models", f"mqtt://pi-02@127.0.0.1:{broker}/cell"
+    env = cli_env("pi-02")
+
+    def publish(bundle_folder: Path) -> str:
+        proc = subprocess.run([sys.executable, "-m", "edgekit", "fleet", "publish", str(bundle_folder), "--broker", url,
+                               "--to", "cams", "--key", str(key), "--duration", "6"], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    agent = subprocess.Popen([sys.executable, "-m", "edgekit", "fleet", "agent", "--broker", url, "--group", "cams",
+                              "--trust", str(public), "--dir", str(models), "--device-id", "cam-1", "--probation", "20",
+                              "--interval", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=env, preexec_fn=default_sigint)
+    run = None
+    try:
+        wait_rows(broker, "cell", lambda rows: (rows.get("cam-1") or {}).get("agent_online"))
+        first = subprocess.Popen([sys.executable, "-m", "edgekit", "fleet", "publish", str(v1), "--broker", url,
+                                  "--to", "cams", "--key", str(key), "--duration", "8"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, env=env)
+        deadline = time.monotonic() + 30
+        while not (models / "current" / "model.onnx").is_file():  # the first model arrives (on probation)
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        run = subprocess.Popen([sys.executable, "-m", "edgekit", "run", "--model", str(models / "current" / "model.onnx"),
+                                "--source", str(MEGAMIND), "--loop", "--realtime", "--no-save-video", "--out",
+                                str(tmp_path / "run"), "--fleet", url, "--device-id", "cam-1", "--fleet-interval", "0.5"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=default_sigint)
+        first_id = first.communicate(timeout=60)[0].strip()
+        rows = wait_rows(broker, "cell", lambda rows: (rows["cam-1"].get("rollout") or {}).get("state") == "active")
+        assert rows["cam-1"]["rollout"]["id"] == first_id
+        v2_id = publish(v2)
+        v2_hash = sha256_file(v2 / "model.onnx")[:16]
+        rows = wait_rows(broker, "cell", lambda rows: (rows["cam-1"].get("rollout") or {}).get("id") == v2_id and
+                         (rows["cam-1"].get("telemetry") or {}).get("model", {}).get("sha256") == v2_hash)
+        assert rows["cam-1"]["rollout"]["state"] == "active" and rows["cam-1"]["online"] is True
+        wrong_id = publish(wrong)
+        rows = wait_rows(broker, "cell", lambda rows: (rows["cam-1"].get("rollout") or {}).get("state") ==
+                         "rolled-back", timeout=90)
+        assert wrong_id in rows["cam-1"]["rollout"]["why"] and os.readlink(models / "current") == v2_id
+        assert rows["cam-1"]["telemetry"]["model"]["sha256"] == v2_hash and rows["cam-1"]["online"] is True
+        assert run.poll() is None  # the camera app never stopped
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        switches = summary["model_switches"]
+        assert [s["ok"] for s in switches] == [True, False] and "not the running one's" in switches[1]["why"]
+    finally:
+        for proc in (run, agent):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
