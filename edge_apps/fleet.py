@@ -249,24 +249,30 @@ def publish_report(target: FleetTarget, device: str, document: dict, timeout: fl
         client.loop_stop()
 
 
-def read_fleet(target: FleetTarget, wait: float = 1.5) -> list[dict]:
-    """Every device's retained status and newest telemetry under ``target``'s prefix, one row per device."""
-    checks.within("--wait", wait, 0.1, 60)
-    devices: dict[str, dict] = {}
-    lock = threading.Lock()
-    kinds = ("status", "telemetry", "doctor", "agent", "agent-status", "rollout")
-    pattern = re.compile(rf"^{re.escape(target.prefix)}/devices/([^/]+)/({'|'.join(kinds)})$")
+class FleetView:
+    """A live picture of every device under a prefix: one subscription to its status, telemetry, doctor,
+    agent and rollout topics, kept up to date by the MQTT thread (retained states arrive at once)."""
 
-    def on_message(client, userdata, message):
-        match = pattern.match(message.topic)
+    KINDS = ("status", "telemetry", "doctor", "agent", "agent-status", "rollout")
+
+    def __init__(self, target: FleetTarget):
+        self.target = target
+        self._devices: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._pattern = re.compile(rf"^{re.escape(target.prefix)}/devices/([^/]+)/({'|'.join(self.KINDS)})$")
+        self.client = None
+
+    def _on_message(self, client, userdata, message) -> None:
+        match = self._pattern.match(message.topic)
         if not match or len(message.payload) > MAX_PAYLOAD or not _NAME.match(match.group(1)):
             return
         device, kind = match.groups()
-        with lock:
-            if device not in devices and len(devices) >= MAX_DEVICES:
+        with self._lock:
+            if device not in self._devices and len(self._devices) >= MAX_DEVICES:
                 return
-            row = devices.setdefault(device, {"device": device, "online": None, "telemetry": None, "doctor": None,
-                                              "agent_online": None, "agent": None, "rollout": None})
+            row = self._devices.setdefault(device, {"device": device, "online": None, "telemetry": None,
+                                                    "doctor": None, "agent_online": None, "agent": None,
+                                                    "rollout": None})
             if kind.endswith("status"):
                 row["online" if kind == "status" else "agent_online"] = message.payload == b"online"
                 return
@@ -277,16 +283,69 @@ def read_fleet(target: FleetTarget, wait: float = 1.5) -> list[dict]:
             if isinstance(document, dict):
                 row[kind] = document
 
-    client = connect(target, f"edgekit-reader-{os.getpid()}-{int(time.time() * 1000) % 100000}")
-    client.on_message = on_message
+    def start(self) -> "FleetView":
+        self.client = connect(self.target, f"edgekit-reader-{os.getpid()}-{int(time.time() * 1000) % 100000}")
+        self.client.on_message = self._on_message
+        self.client.subscribe([(self.target.topic("+", kind), 1) for kind in self.KINDS])
+        return self
+
+    def rows(self) -> list[dict]:
+        with self._lock:
+            return [json.loads(json.dumps(self._devices[name])) for name in sorted(self._devices)]
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+
+
+def read_fleet(target: FleetTarget, wait: float = 1.5) -> list[dict]:
+    """Every device's retained status and newest telemetry under ``target``'s prefix, one row per device."""
+    checks.within("--wait", wait, 0.1, 60)
+    view = FleetView(target).start()
     try:
-        client.subscribe([(target.topic("+", kind), 1) for kind in kinds])
         time.sleep(wait)  # retained messages arrive at once; live ones during the wait
     finally:
-        client.disconnect()
-        client.loop_stop()
-    with lock:
-        return [devices[name] for name in sorted(devices)]
+        view.close()
+    return view.rows()
+
+
+# The live page of `edgekit fleet status --serve`: the table of format_fleet, refreshed from /status.json.
+FLEET_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;background:#111;color:#eee;margin:1em}} td,th{{padding:2px 10px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}} .offline{{color:#888}} .online{{color:#7f7}}</style></head>
+<body><h3>{title}</h3><table><thead><tr><th>device</th><th>state</th><th>model</th><th>hash</th><th>FPS</th>
+<th>infer p50 ms</th><th>RSS MB</th><th>temp C</th><th>rollout</th><th>seen</th></tr></thead>
+<tbody id="devices"></tbody></table><p id="note">waiting for the fleet...</p>
+<script>
+function cell(text) {{ const td = document.createElement('td'); td.textContent = text; return td; }}
+function num(v, digits) {{ return typeof v === 'number' ? v.toFixed(digits) : '-'; }}
+async function poll() {{
+  try {{
+    const r = await fetch('/status.json', {{cache: 'no-store'}});
+    const data = await r.json();
+    const body = document.getElementById('devices'); body.replaceChildren();
+    const now = Date.now() / 1000;
+    for (const d of data.devices) {{
+      const t = d.telemetry || {{}}, a = d.agent || {{}}, m = t.model || a.model || {{}};
+      const infer = (t.stages || {{}}).infer || {{}};
+      const state = d.online ? 'online' : (d.agent_online ? 'agent' : (d.online === false ? 'offline' : '?'));
+      const tr = document.createElement('tr'); tr.className = 'device ' + state; tr.dataset.device = d.device;
+      const seen = t.time || a.time;
+      for (const text of [d.device, state, m.name || '-', (m.sha256 || '-').slice(0, 12), num(t.fps, 1),
+                          num(infer.p50_ms, 2), num(t.rss_mb || a.rss_mb, 0), num(t.cpu_temp_c, 1),
+                          (d.rollout || {{}}).state || '-', seen ? (now - seen).toFixed(0) + ' s' : '-'])
+        tr.appendChild(cell(text));
+      body.appendChild(tr);
+    }}
+    document.getElementById('note').textContent = data.devices.length + ' devices';
+  }} catch (e) {{ document.getElementById('note').textContent = 'server gone: ' + e; }}
+}}
+setInterval(poll, 1000); poll();
+</script></body></html>
+"""
 
 
 def _number(value, fmt: str) -> str:

@@ -111,9 +111,10 @@ class _BoundedServer(ThreadingHTTPServer):
 
 class MjpegServer:
     def __init__(self, address: str, title: str = "edgekit", status_source=None, token: str | None = None,
-                 tls: ssl.SSLContext | None = None, max_connections: int = 32, timeout: float = 10.0):
+                 tls: ssl.SSLContext | None = None, max_connections: int = 32, timeout: float = 10.0,
+                 page: str = PAGE):
         host, port = parse_address(address)
-        self.title = title
+        self.title, self.page = title, page  # page: the HTML of "/", a str.format template with {title}
         self.status_source = status_source  # a callable giving /status.json live, instead of the published dict
         self.token = token or secrets.token_urlsafe(16)
         self.generated_token = not token
@@ -261,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(page=path in ("/", "/index.html"))
             return
         if path in ("/", "/index.html"):
-            self._send(200, PAGE.format(title=html.escape(owner.title)).encode(), "text/html; charset=utf-8")
+            self._send(200, owner.page.format(title=html.escape(owner.title)).encode(), "text/html; charset=utf-8")
         elif path == "/status.json":
             self._send(200, jsonio.dumps(owner.status()).encode(), "application/json")
         elif path == "/frame.jpg":

@@ -343,14 +343,45 @@ def fleet_group() -> None:
 @click.option("--fleet-ca", default=None, type=click.Path(), help="CA file of an mqtts:// broker.")
 @click.option("--wait", default=1.5, show_default=True, help="Seconds to listen (retained states arrive at once).")
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON instead of a table.")
-def fleet_status(url: str, fleet_ca: str | None, wait: float, as_json: bool) -> None:
+@click.option("--serve", default=None, metavar="HOST:PORT",
+              help="Instead, serve the table as a live web page (127.0.0.1 unless a host is given) until Ctrl-C.")
+@click.option("--viewer-token", envvar="EDGEKIT_VIEWER_TOKEN", default=None,
+              help="--serve: what a browser must enter (or $EDGEKIT_VIEWER_TOKEN); a random one is printed if not given.")
+@click.option("--duration", default=0.0, show_default=True, help="--serve: stop after N seconds (0 = until Ctrl-C).")
+def fleet_status(url: str, fleet_ca: str | None, wait: float, as_json: bool, serve: str | None,
+                 viewer_token: str | None, duration: float) -> None:
     """One row per device: online or not, model and hash, FPS, inference p50, RSS, temperature, last seen."""
     import json
+    import time
 
-    from edgekit.edge_apps.fleet import FleetTarget, format_fleet, read_fleet
+    from edgekit.edge_apps.fleet import FLEET_PAGE, FleetTarget, FleetView, format_fleet, read_fleet
 
-    rows = read_fleet(FleetTarget.parse(url, fleet_ca), wait)
-    click.echo(json.dumps(rows, indent=2, default=str) if as_json else format_fleet(rows))
+    target = FleetTarget.parse(url, fleet_ca)
+    if not serve:
+        rows = read_fleet(target, wait)
+        click.echo(json.dumps(rows, indent=2, default=str) if as_json else format_fleet(rows))
+        return
+    from edgekit.edge_apps.stream import MjpegServer
+
+    ctrl_c_interrupts()
+    checks.within("--duration", duration, 0, 10**7)
+    view = FleetView(target).start()
+    server = None
+    try:
+        server = MjpegServer(serve, title=f"edgekit fleet {target.prefix}", token=viewer_token, page=FLEET_PAGE,
+                             status_source=lambda: {"devices": view.rows()})
+        click.echo(f"fleet page on {server.url}" + (f" (viewer token {server.token})" if server.generated_token
+                                                     else ""), err=True)
+        deadline = time.monotonic() + duration if duration else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.close()
+        view.close()
+    click.echo(format_fleet(view.rows()))
 
 
 @fleet_group.command("keygen")

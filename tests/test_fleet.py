@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from browser import Browser
 from tests.conftest import MEGAMIND, default_sigint, free_port, run_cli
 
 USERS = {"pi-01": "pw-device-1", "pi-02": "pw-device-2", "reader": "pw-reader"}
@@ -380,3 +381,44 @@ def test_a_running_camera_app_takes_a_rollout_and_a_model_it_cannot_run_is_rolle
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+@pytest.mark.browser
+def test_the_fleet_page_shows_devices_live_in_headless_chromium_and_only_with_the_token(broker):
+    """`fleet status --serve`: the table of `fleet status`, refreshed every second in the browser: a device's
+    FPS changes on the page as its telemetry does, and a browser without the viewer token gets a 401."""
+    from edgekit.edge_apps.fleet import FleetTarget, TelemetryPublisher
+
+    port = free_port()
+    page = subprocess.Popen([sys.executable, "-m", "edgekit", "fleet", "status", "--broker",
+                             f"mqtt://reader@127.0.0.1:{broker}/page", "--serve", f"127.0.0.1:{port}",
+                             "--viewer-token", "fleet-viewer-1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=cli_env("reader"), preexec_fn=default_sigint)
+    fps = {"value": 12.5}
+    os.environ["EDGEKIT_FLEET_PASSWORD"] = USERS["pi-01"]
+    try:
+        publisher = TelemetryPublisher(FleetTarget.parse(f"mqtt://pi-01@127.0.0.1:{broker}/page"), "kiosk-7",
+                                       lambda: {"fps": fps["value"], "model": {"name": "m.onnx", "sha256": "ab" * 8}},
+                                       interval=0.2).start()
+    finally:
+        del os.environ["EDGEKIT_FLEET_PASSWORD"]
+    try:
+        assert "fleet page on http://127.0.0.1:" in page.stderr.readline()
+        row = "(document.querySelector('tr[data-device=\"kiosk-7\"]') || {innerText: ''}).innerText"
+        with Browser(f"http://127.0.0.1:{port}/login") as browser:
+            browser.login("fleet-viewer-1")
+            text = browser.wait_for(f"{row}.includes('12.5') && {row}")
+            assert "online" in text and "m.onnx" in text and "abababababab" in text
+            fps["value"] = 3.25
+            assert "3.3" in browser.wait_for(f"{row}.includes('3.3') && {row}")  # live: no reload
+        with Browser(f"http://127.0.0.1:{port}/") as stranger:
+            assert "401" in stranger.wait_for("document.body && document.body.innerText")
+            assert stranger.evaluate("fetch('/status.json').then(r => r.status)") == 401
+        publisher.close()
+        page.send_signal(signal.SIGINT)
+        out, _ = page.communicate(timeout=30)
+        assert page.returncode in (0, 130) and "kiosk-7" in out and "offline" in out
+    finally:
+        if page.poll() is None:
+            page.kill()
+            page.wait()
