@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 
 from edgekit.core import checks
-from edgekit.core.errors import BadInputError, MissingExtraError
+from edgekit.core.errors import BadInputError, EdgekitError, MissingExtraError
 from edgekit.edge_apps.fleet import FleetTarget, check_name, connect
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,11 @@ class RolloutAgent:
             payload = self._inbox.get()
             if payload is None:
                 return
-            self.handle(payload)
+            try:
+                self.handle(payload)
+            except Exception as exc:  # noqa: BLE001 - the agent outlives one bad rollout; reported, logged
+                log.exception("rollout agent: unexpected error")
+                self._report(RolloutState(None, "failed", f"internal error: {type(exc).__name__}: {exc}"))
 
     def _report(self, state: RolloutState) -> None:
         self.state = state
@@ -422,10 +426,10 @@ class RolloutAgent:
                 shutil.rmtree(final)
             os.replace(staging, final)
             self._swap(rid)
-        except (BadInputError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (EdgekitError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            state = RolloutState(rid, "failed", f"{type(exc).__name__}: {exc}" if not isinstance(exc, BadInputError)
-                                 else str(exc))
+            state = RolloutState(rid, "failed", str(exc) if isinstance(exc, EdgekitError)
+                                 else f"{type(exc).__name__}: {exc}")
             self._report(state)
             return state
         if self.probation and not self._run_confirms(manifest["files"][manifest["model"]]["sha256"]):

@@ -19,28 +19,33 @@ from tests.conftest import MEGAMIND, default_sigint, free_port, run_cli
 USERS = {"pi-01": "pw-device-1", "pi-02": "pw-device-2", "reader": "pw-reader"}
 
 
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory):
-    """A mosquitto that refuses anonymous clients; yields its port."""
-    folder = tmp_path_factory.mktemp("mosquitto")
+def start_mosquitto(folder: Path, listener: str = "") -> tuple[subprocess.Popen, int]:
+    """A mosquitto on a free loopback port that refuses anonymous clients (USERS' passwords); ``listener``:
+    more lines for the listener (TLS)."""
     passwords = folder / "passwords"
     for i, (user, password) in enumerate(USERS.items()):
         subprocess.run(["mosquitto_passwd", "-b", *([] if i else ["-c"]), str(passwords), user, password], check=True)
     passwords.chmod(0o600)
     port = free_port()
     config = folder / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+    config.write_text(f"listener {port} 127.0.0.1\n{listener}allow_anonymous false\npassword_file {passwords}\n"
                       "persistence false\n" + ("user root\n" if os.geteuid() == 0 else ""))
     proc = subprocess.Popen(["mosquitto", "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return proc, port
         except OSError:
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.monotonic() < deadline, "mosquitto did not open its port"
             time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """A plain-TCP mosquitto with per-user passwords; yields its port."""
+    proc, port = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
     yield port
     proc.terminate()
     proc.wait(10)
@@ -227,7 +232,7 @@ def wait_rows(port: int, prefix: str, done, timeout: float = 60.0) -> dict:
 
 
 def test_signed_rollout_to_half_of_twenty_devices_tampering_and_a_failing_health_check(broker, exported, tmp_path):
-    """20 device processes run the real agent (torch-free code, onnxruntime). A signed bundle to 50%: exactly the
+    """20 device processes run the real agent (onnxruntime; importing torch fails in them). A signed bundle to 50%: exactly the
     devices the rollout's hash selects switch, and `fleet status` shows their model hash within 5 s. A
     manifest altered after signing, and one signed by another key, are refused by all. A signed bundle whose
     model does not reproduce its health samples fails on every device and leaves the model it had."""
@@ -240,11 +245,12 @@ def test_signed_rollout_to_half_of_twenty_devices_tampering_and_a_failing_health
     v1 = bundle(tmp_path / "v1", folder / "model.onnx")
     v2 = bundle(tmp_path / "v2", folder / "model_int8.onnx")
     devices = [f"dev-{i:02d}" for i in range(20)]
-    agents = [subprocess.Popen([sys.executable, "-m", "edgekit", "fleet", "agent", "--broker",
+    torch_free = "import sys; sys.modules['torch'] = None\nfrom edgekit.cli import main\nsys.argv[0] = 'edgekit'\nmain()"
+    agents = [subprocess.Popen([sys.executable, "-c", torch_free, "fleet", "agent", "--broker",
                                 f"mqtt://pi-01@127.0.0.1:{broker}/factory", "--group", "line-1", "--trust", str(public),
                                 "--dir", str(tmp_path / "devices" / name), "--device-id", name, "--interval", "0.5",
                                 "--duration", "300"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env=cli_env("pi-01")) for name in devices]
+                               env=cli_env("pi-01")) for name in devices]  # import torch would fail in them
     try:
         wait_rows(broker, "factory", lambda rows: all(rows.get(d, {}).get("agent_online") for d in devices))
         publisher = subprocess.Popen([sys.executable, "-m", "edgekit", "fleet", "publish", str(v1), "--broker",
@@ -422,3 +428,32 @@ def test_the_fleet_page_shows_devices_live_in_headless_chromium_and_only_with_th
         if page.poll() is None:
             page.kill()
             page.wait()
+
+
+def test_mqtts_with_a_private_ca_and_a_clean_refusal_without_it(tmp_path):
+    """A TLS broker whose certificate is signed by nobody the system trusts: with --fleet-ca the report goes
+    through and reads back; without it, one line about the certificate and exit 2."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    key.chmod(0o644)  # mosquitto may read it as another user
+    proc, port = start_mosquitto(tmp_path, f"certfile {cert}\nkeyfile {key}\n")
+    try:
+        sent = subprocess.run([sys.executable, "-m", "edgekit", "doctor", "--fleet", f"mqtts://pi-01@127.0.0.1:{port}/tls",
+                               "--fleet-ca", str(cert), "--device-id", "secure-1"], capture_output=True, text=True,
+                              timeout=120, env=cli_env("pi-01"))
+        assert "published to mqtts://pi-01@127.0.0.1" in sent.stderr, sent.stderr
+        read = subprocess.run([sys.executable, "-m", "edgekit", "fleet", "status", "--broker",
+                               f"mqtts://reader@127.0.0.1:{port}/tls", "--fleet-ca", str(cert), "--json", "--wait", "0.5"],
+                              capture_output=True, text=True, timeout=60, env=cli_env("reader"))
+        assert read.returncode == 0, read.stderr
+        assert [row["device"] for row in json.loads(read.stdout)] == ["secure-1"]
+        refused = subprocess.run([sys.executable, "-m", "edgekit", "fleet", "status", "--broker",
+                                  f"mqtts://reader@127.0.0.1:{port}/tls"], capture_output=True, text=True, timeout=60,
+                                 env=cli_env("reader"))
+        assert refused.returncode == 2 and "certificate verify failed" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
