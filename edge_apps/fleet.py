@@ -40,6 +40,9 @@ from edgekit.core.errors import BadInputError, MissingExtraError
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 64 * 1024  # bytes of one telemetry document a reader accepts
+# Seconds between MQTT pings when nothing else is sent; the broker declares a silent client gone (and
+# publishes its "offline" will) after 1.5x this: a device that loses power shows offline within 15 s.
+KEEPALIVE = 10
 MAX_DEVICES = 10_000  # devices a reader keeps
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # a device id or one prefix level: no MQTT wildcards or separators
 
@@ -126,7 +129,7 @@ def connect(target: FleetTarget, client_id: str, will: tuple[str, str] | None = 
 
     client.on_connect = on_connect
     try:
-        client.connect(target.host, target.port, keepalive=30)
+        client.connect(target.host, target.port, keepalive=KEEPALIVE)
     except (OSError, ValueError) as exc:
         raise BadInputError(f"cannot reach the fleet broker {target}: {exc}") from exc
     client.loop_start()

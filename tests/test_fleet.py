@@ -457,3 +457,23 @@ def test_mqtts_with_a_private_ca_and_a_clean_refusal_without_it(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_device_that_dies_without_a_goodbye_is_marked_offline_by_its_last_will(broker, exported, tmp_path):
+    folder, _ = exported
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "run", "--model", str(folder / "model.onnx"), "--source",
+                             str(MEGAMIND), "--loop", "--realtime", "--no-save-video", "--out", str(tmp_path / "run"),
+                             "--fleet", f"mqtt://pi-02@127.0.0.1:{broker}/plant-f", "--fleet-interval", "0.5",
+                             "--device-id", "doomed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=cli_env("pi-02"))
+    try:
+        wait_rows(broker, "plant-f", lambda rows: (rows.get("doomed") or {}).get("online") is True)
+        proc.kill()  # SIGKILL: no goodbye
+        proc.wait()
+        killed = time.monotonic()
+        wait_rows(broker, "plant-f", lambda rows: rows["doomed"]["online"] is False, timeout=30)
+        assert time.monotonic() - killed < 1.5 * 10 + 5  # the broker's keepalive limit, plus a poll
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
