@@ -322,3 +322,22 @@ def test_two_process_training_rewraps_when_the_stage_changes_what_trains(image_f
                                nproc=2, threads=1, out=str(tmp_path / "out")))
     assert [h["stage"] for h in result["history"]] == ["head", "finetune"]
     assert result["report"]["distributed"]["world_size"] == 2
+
+
+def test_the_documented_torchrun_form_trains_across_processes(mini_data, tmp_path):
+    """`torchrun ... -m edgekit train ARGS` (one node here, two processes): the same code path as several
+    machines, each process told its rank by torchrun's environment; the output is written once."""
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+                           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "edgekit",
+                           "train", "--data", str(mini_data), "--model", "small_cnn", "--imgsz", "28", "--epochs", "1",
+                           "--limit", "200", "--threads", "1", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("checkpoint:") == 1  # rank 1 prints nothing
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["distributed"]["world_size"] == 2 and metrics["distributed"]["train_images_per_process"] == 100
