@@ -314,10 +314,12 @@ class RolloutAgent:
     own thread, never on the MQTT network thread; ``close()`` stops it, joins it, then disconnects."""
 
     def __init__(self, target: FleetTarget, group: str, trusted_key_path: str | Path, models: Path, device: str,
-                 on_swap: Callable[[Path], None] | None = None, probation: float = 0.0):
+                 on_swap: Callable[[Path], None] | None = None, probation: float = 0.0,
+                 extra_check: Callable[[Path], None] | None = None):
         checks.within("--probation", probation, 0, 86_400)
         self.target, self.group, self.device = target, check_name("--group", group), check_name("--device-id", device)
         self.probation = probation
+        self.extra_check = extra_check  # more of the health check (the CLI passes `edgekit doctor`'s verdict)
         self._run_model: str | None = None  # model hash the device's `edgekit run` last reported with frames
         self._run_seen = threading.Condition()
         self.key = _load_key(trusted_key_path, private=False)
@@ -422,6 +424,8 @@ class RolloutAgent:
                 if _sha256_file(path) != info["sha256"]:
                     raise BadInputError(f"{name}: SHA-256 does not match the manifest")
             health_check(staging / manifest["model"], manifest["health"])
+            if self.extra_check is not None:
+                self.extra_check(staging / manifest["model"])
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging, final)

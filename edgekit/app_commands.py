@@ -460,7 +460,15 @@ def fleet_agent(url: str, fleet_ca: str | None, group: str, trust: str, models: 
     target = FleetTarget.parse(url, fleet_ca)
     checks.within("--duration", duration, 0, 10**7)
     device = device_id or default_device_id()
-    agent = RolloutAgent(target, group, trust, Path(models), device, probation=probation)
+    def doctor_verdict(model: Path) -> None:  # the device checks of `edgekit doctor MODEL`, no camera probe
+        from edgekit.core.errors import BadInputError
+        from edgekit.doctor import run_checks
+
+        failed = [c for c in run_checks(str(model), camera=None) if c.status == "fail"]
+        if failed:
+            raise BadInputError("doctor: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
+
+    agent = RolloutAgent(target, group, trust, Path(models), device, probation=probation, extra_check=doctor_verdict)
     hashes: dict[str, str] = {}
 
     def collect() -> dict:

@@ -133,7 +133,9 @@ def _model(path: str, runtime: str | None) -> list[Check]:
                                  f"{first_ms:.1f} ms")]
 
 
-def run_checks(model: str | None = None, runtime: str | None = None, camera: int = 0) -> list[Check]:
+def run_checks(model: str | None = None, runtime: str | None = None, camera: int | None = 0) -> list[Check]:
+    """Every check, in order; ``camera=None`` skips the camera probe (a rollout's health check, while the
+    camera app may hold the camera)."""
     bits = struct.calcsize("P") * 8
     machine = platform.machine()
     checks = [Check("platform", "ok" if bits == 64 else "warn",
@@ -151,7 +153,8 @@ def run_checks(model: str | None = None, runtime: str | None = None, camera: int
     free = _free_mb()
     if free is not None:
         checks.append(Check("memory", "ok" if free >= MIN_FREE_MB else "warn", f"{free:.0f} MB available"))
-    checks.append(_camera(camera))
+    if camera is not None:
+        checks.append(_camera(camera))
     stack = _camera_stack()
     if stack is not None:
         checks.append(stack)
