@@ -16,6 +16,7 @@ import pytest
 from browser import Browser
 from tests.conftest import MEGAMIND, default_sigint, free_port, run_cli
 
+pytestmark = pytest.mark.network  # a broker and clients on 127.0.0.1
 USERS = {"pi-01": "pw-device-1", "pi-02": "pw-device-2", "reader": "pw-reader"}
 
 
