@@ -333,6 +333,15 @@ def start_join_telemetry(target, interval: float, device_id: str | None, model: 
     return publisher
 
 
+def wait_for(duration: float) -> None:
+    """Block for ``duration`` seconds (0: until Ctrl-C, which raises KeyboardInterrupt as usual)."""
+    import time
+
+    deadline = time.monotonic() + duration if duration else None
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 @cli.group("fleet")
 def fleet_group() -> None:
     """Devices that publish telemetry over MQTT (`run --fleet URL`): see how they are doing."""
@@ -352,7 +361,6 @@ def fleet_status(url: str, fleet_ca: str | None, wait: float, as_json: bool, ser
                  viewer_token: str | None, duration: float) -> None:
     """One row per device: online or not, model and hash, FPS, inference p50, RSS, temperature, last seen."""
     import json
-    import time
 
     from edgekit.edge_apps.fleet import FLEET_PAGE, FleetTarget, FleetView, format_fleet, read_fleet
 
@@ -372,9 +380,7 @@ def fleet_status(url: str, fleet_ca: str | None, wait: float, as_json: bool, ser
                              status_source=lambda: {"devices": view.rows()})
         click.echo(f"fleet page on {server.url}" + (f" (viewer token {server.token})" if server.generated_token
                                                      else ""), err=True)
-        deadline = time.monotonic() + duration if duration else None
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(duration)
     except KeyboardInterrupt:
         pass
     finally:
@@ -408,7 +414,6 @@ def fleet_keygen(key: str) -> None:
 def fleet_publish(folder: str, url: str, fleet_ca: str | None, group: str, key: str, percent: float, model: str | None,
                   serve: str, duration: float) -> None:
     """Announce the model in FOLDER to a device group, signed, and serve its files until stopped."""
-    import time
 
     from edgekit.edge_apps.fleet import FleetTarget
     from edgekit.edge_apps.rollout import BundleServer, announce, build_manifest, sign
@@ -424,9 +429,7 @@ def fleet_publish(folder: str, url: str, fleet_ca: str | None, group: str, key: 
         message = announce(target, group, manifest, signature, server.url, percent)
         click.echo(f"rollout {message['id']} of {manifest['model']} to {percent:g}% of {group}; serving "
                    f"{len(manifest['files'])} files on {server.url.split('/', 3)[2]}", err=True)
-        deadline = time.monotonic() + duration if duration else None
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(duration)
     except KeyboardInterrupt:
         click.echo("stopped serving", err=True)
     finally:
@@ -450,7 +453,6 @@ def fleet_publish(folder: str, url: str, fleet_ca: str | None, group: str, key: 
 def fleet_agent(url: str, fleet_ca: str | None, group: str, trust: str, models: str, device_id: str | None,
                 interval: float, probation: float, duration: float) -> None:
     """The device side of rollouts: verify, download, health-check and switch models; report state."""
-    import time
 
     from edgekit.core.spec import sha256_file
     from edgekit.edge_apps.fleet import FleetTarget, TelemetryPublisher, default_device_id
@@ -486,9 +488,7 @@ def fleet_agent(url: str, fleet_ca: str | None, group: str, trust: str, models: 
     agent.start()
     click.echo(f"agent {device} on {target} group {group}; models in {models}", err=True)
     try:
-        deadline = time.monotonic() + duration if duration else None
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(duration)
     except KeyboardInterrupt:
         pass
     finally:
