@@ -211,7 +211,7 @@ def _fit_arch(arch: str | None, state: dict, outputs: int):
     """The registry model that loads ``state`` exactly (``arch``, or each registered one in turn)."""
     from edgekit.models.registry import ARCHS, HeadConfig, build_model
 
-    candidates = [arch] if arch else list(ARCHS)
+    candidates = [arch] if arch else [name for name, entry in ARCHS.items() if entry.task == "image"]
     reasons = []
     for name in candidates:
         model = build_model(name, outputs, HeadConfig(dropout=0.2, hidden=0), "none")

@@ -72,6 +72,10 @@ class ModelSpec:
     # the shorter side is first resized to resize_to (0: input size / 0.875, i.e. 256 for 224).
     resize: str = "squash"
     resize_to: int = 0
+    # task "clip": the network classifies a clip of clip_frames frames (layout NCTHW), taken every frame_stride-th
+    # frame of the source; 0 and 1 for single images.
+    clip_frames: int = 0
+    frame_stride: int = 1
 
     def __post_init__(self) -> None:
         # Frozen dataclasses cannot assign normally; normalise list-valued JSON input to tuples.
@@ -90,7 +94,15 @@ class ModelSpec:
             problems.append(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.resize_to and (self.resize != "crop" or self.resize_to < max(self.input_size)):
             problems.append(f"resize_to is for resize='crop' and must be >= the input size, got {self.resize_to}")
-        if self.layout not in ("NCHW", "NHWC"):
+        if self.task == "clip":
+            if not 2 <= self.clip_frames <= 256 or not 1 <= self.frame_stride <= 64:
+                problems.append(f"a clip model needs 2-256 clip_frames and a frame_stride of 1-64, got "
+                                f"{self.clip_frames} and {self.frame_stride}")
+            if self.layout != "NCTHW" or self.dtype != "float32":
+                problems.append(f"a clip model takes float32 NCTHW clips, got {self.dtype} {self.layout}")
+        elif self.clip_frames or self.frame_stride != 1:
+            problems.append("clip_frames and frame_stride are for task 'clip'")
+        elif self.layout not in ("NCHW", "NHWC"):
             problems.append(f"layout must be NCHW or NHWC, got {self.layout!r}")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             problems.append(f"input_size must be (height, width) > 0, got {self.input_size}")
@@ -123,8 +135,10 @@ class ModelSpec:
         return 1 if self.binary else len(self.labels)
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """The shape of a batch the network takes: (N, C, H, W) or (N, H, W, C)."""
+        """The shape of a batch the network takes: (N, C, H, W), (N, H, W, C) or, for clips, (N, C, T, H, W)."""
         height, width = self.input_size
+        if self.layout == "NCTHW":
+            return (batch, self.channels, self.clip_frames, height, width)
         if self.layout == "NCHW":
             return (batch, self.channels, height, width)
         return (batch, height, width, self.channels)
@@ -236,6 +250,19 @@ def preprocess(image: np.ndarray, spec: ModelSpec, source_color: str = "BGR") ->
     out *= gain
     out += offset
     return out
+
+
+def preprocess_clip(frames, spec: ModelSpec, source_color: str = "BGR") -> np.ndarray:
+    """Turn ``spec.clip_frames`` uint8 frames (oldest first, already sampled at ``spec.frame_stride``) into the
+    float32 (C, T, H, W) clip a clip model takes: every frame goes through :func:`preprocess` as an image
+    would, so a clip and a single frame are resized, coloured and normalised the same way."""
+    if spec.task != "clip":
+        raise BadInputError(f"preprocess_clip is for clip models; this one is a {spec.task} model")
+    frames = list(frames)
+    if len(frames) != spec.clip_frames:
+        raise BadInputError(f"a clip of this model has {spec.clip_frames} frames, got {len(frames)}")
+    image_spec = spec.replace(task="image", layout="NCHW", clip_frames=0, frame_stride=1)
+    return np.stack([preprocess(frame, image_spec, source_color) for frame in frames], axis=1)
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from edgekit.core.errors import BadInputError, EdgekitError, UnknownNameError
 from edgekit.models.checkpoint import LOAD_ERRORS
+from edgekit.models.video import i3d_mobilenet_v2, mobilenet3d  # noqa: F401 (builders named in ARCHS)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ class Arch:
     builder: str  # torchvision.models function name, or "edgekit:<name>" for a builder in this module
     weights: str  # torchvision weights enum name (its DEFAULT member is used); "" = no pretrained weights
     channels: int = 3  # image planes the network takes (1: grayscale, normalised with mean 0.5, std 0.5)
+    task: str = "image"  # "clip": takes (N, C, T, H, W) clips (edgekit/models/video.py)
 
 
 ARCHS = {
@@ -29,7 +31,16 @@ ARCHS = {
     "mobilenet_v3_large": Arch("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
     "mobilenet_v3_small": Arch("mobilenet_v3_small", "MobileNet_V3_Small_Weights"),
     "small_cnn": Arch("edgekit:small_cnn", "", channels=1),
+    # clip models (edgekit/models/video.py): the 3D MobileNetV2 student at two widths, and the I3D-style teacher
+    # inflated from torchvision's (ImageNet) MobileNetV2
+    "mobilenet3d": Arch("edgekit:mobilenet3d", "", task="clip"),
+    "mobilenet3d_x0_5": Arch("edgekit:mobilenet3d_x0_5", "", task="clip"),
+    "i3d_mobilenet_v2": Arch("edgekit:i3d_mobilenet_v2", "MobileNet_V2_Weights", task="clip"),
 }
+
+
+def mobilenet3d_x0_5():
+    return mobilenet3d(width_mult=0.5)
 
 
 def small_cnn():
@@ -80,13 +91,17 @@ def build_model(name: str, num_outputs: int, head: HeadConfig = HeadConfig(), we
 
     arch = get_arch(name)
     if arch.builder.startswith("edgekit:"):
-        if weights != "none":
+        if weights != "none" and not arch.weights:
             raise BadInputError(f"{name} has no pretrained weights; train it with --weights none")
         model = globals()[arch.builder.split(":", 1)[1]]()
     else:
         model = getattr(tvm, arch.builder)()
     if weights != "none":
-        model.load_state_dict(imagenet_state_dict(name, arch, weights))
+        state = imagenet_state_dict(name, arch, weights)
+        if hasattr(model, "load_2d_state_dict"):  # a clip model inflated from the 2D network's weights
+            model.load_2d_state_dict(state)
+        else:
+            model.load_state_dict(state)
     # Every registered model ends in ``classifier``, a Sequential whose last layer is the ImageNet-sized
     # linear; its dropout (if any) sits right before it. MobileNetV3 keeps its wide hidden layer.
     width = model.classifier[-1].in_features
