@@ -274,6 +274,32 @@ def dataset_faces(**options) -> None:
     click.echo(f"next: edgekit train --data {Path(cfg.out) / 'faces.csv'} --group-column person --binary", err=True)
 
 
+@dataset.command("clips")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (new or empty): <motion>/*.avi and segments.csv.")
+@click.option("--source", default="", help="IDX folder of the images that move (default: the embedded Fashion-MNIST "
+              "subset; e.g. /usr/share/datasets/fashion-mnist for all 60,000).")
+@click.option("--per-class", default=100, show_default=True, help="Videos per motion (8 motions).")
+@click.option("--frames", default=16, show_default=True, help="Frames per video.")
+@click.option("--size", default=64, show_default=True, help="Frame side in pixels.")
+@click.option("--clips-per-object", default=2, show_default=True, help="Videos per source image (its subject id).")
+@click.option("--fps", default=15.0, show_default=True, help="Frame rate written into the videos.")
+@click.option("--seed", default=0, show_default=True)
+def dataset_clips(**options) -> None:
+    """The temporal benchmark: videos of a real image moving (right, left, down, up, rotating either way, zooming
+    in or out); the label is the motion, so a single frame cannot tell it. Train clip models on the result."""
+    from tqdm import tqdm
+
+    from edgekit.edge_apps.motion import MotionClipsConfig, build_motion_clips
+
+    cfg = MotionClipsConfig(**options)
+    ctrl_c_interrupts()  # staged output: Ctrl-C leaves nothing half-written
+    summary = build_motion_clips(cfg, lambda jobs: tqdm(jobs, desc="videos", unit="video"))
+    click.echo(f"{summary['videos']} videos of {summary['frames']} frames ({summary['size']}x{summary['size']}), "
+               f"{summary['objects']} objects from {summary['source']}, motions: {', '.join(summary['motions'])}")
+    click.echo(f"next: edgekit train --data {Path(cfg.out) / 'segments.csv'} --model mobilenet3d_x0_5 "
+               f"--imgsz {cfg.size} --clip-frames 8 --frame-stride 2", err=True)
+
+
 @cli.command()
 @click.argument("model", required=False, type=click.Path())
 @click.option("--runtime", default=None, help="Runtime to try the model with (default: the file's natural one).")

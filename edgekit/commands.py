@@ -14,10 +14,12 @@ from edgekit.core import checks, jsonio
 
 @cli.command()
 @click.option("--data", required=True, help="Image folder (class per sub-folder, optionally train/val/test "
-              "splits), a folder of MNIST-style IDX files, or a CSV label file.")
+              "splits), a folder of MNIST-style IDX files, or a CSV label file. Clip models: a folder of labelled "
+              "videos (<label>/*.avi) or a CSV of segments (video,start,end,label[,subject]).")
 @click.option("--model", default="mobilenet_v2", show_default=True,
               help="Architecture: mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, or small_cnn (grey, "
-              "for 28x28 digits and the like).")
+              "for 28x28 digits and the like); for clips: mobilenet3d, mobilenet3d_x0_5 (3D MobileNetV2 "
+              "students) or i3d_mobilenet_v2 (inflated from the ImageNet MobileNetV2, a teacher).")
 @click.option("--weights", default="auto", show_default=True,
               help="'imagenet' (torchvision's, cached or downloaded), 'none' (from scratch) or a .pth file; "
               "auto: imagenet where the architecture has such weights, else none.")
@@ -60,8 +62,10 @@ from edgekit.core import checks, jsonio
               help="Train in N processes on this machine (DistributedDataParallel, gloo backend); the global batch "
               "stays --batch. Several machines: torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d "
               "--rdzv-endpoint HOST:PORT -m edgekit train ARGS (same data path on each).")
+@click.option("--clip-frames", default=16, show_default=True, help="Clip models: frames per clip.")
+@click.option("--frame-stride", default=1, show_default=True, help="Clip models: use every N-th frame.")
 def train(**options) -> None:
-    """Train an image classifier and report test metrics (writes model.pt, metrics.json, curves.png)."""
+    """Train an image (or clip) classifier and report test metrics (writes model.pt, metrics.json, curves.png)."""
     need_torch()
     from edgekit.training.trainer import TrainConfig, train as run
 

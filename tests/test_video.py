@@ -86,3 +86,110 @@ def test_preprocess_clip_treats_every_frame_like_an_image():
     np.testing.assert_array_equal(clip[:, 2], preprocess(frames[2], image_spec))
     with pytest.raises(BadInputError, match="has 4 frames, got 3"):
         preprocess_clip(frames[:3], spec)
+
+
+# --- clip data: the motion benchmark's builder and both clip layouts ----------------------------------------
+from edgekit.core.clips import ClipTable, load_clips, load_segments_csv  # noqa: E402
+from edgekit.edge_apps.motion import MOTIONS, MotionClipsConfig, build_motion_clips  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def motion_clips(tmp_path_factory):
+    out = tmp_path_factory.mktemp("motion") / "clips"
+    build_motion_clips(MotionClipsConfig(out=str(out), per_class=4, frames=8, size=32))
+    return out
+
+
+def test_motion_builder_writes_both_layouts(motion_clips):
+    assert sorted(d.name for d in motion_clips.iterdir() if d.is_dir()) == sorted(MOTIONS)
+    assert all(len(list((motion_clips / m).glob("*.avi"))) == 4 for m in MOTIONS)
+    table = load_segments_csv(motion_clips / "segments.csv")
+    assert len(table) == 32 and table.groups is not None
+    assert len(set(table.groups)) == 16  # two videos per source image: its subject
+    frames = table.segment(0)
+    assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8
+    with pytest.raises(BadInputError, match="not an empty folder"):
+        build_motion_clips(MotionClipsConfig(out=str(motion_clips), per_class=1))
+
+
+def test_motion_moves_the_object_the_way_its_label_says(motion_clips):
+    """The label is the motion: the bright object's centre of mass goes right in 'right' videos, etc."""
+    table = load_segments_csv(motion_clips / "segments.csv")
+    for motion, axis, sign in (("right", 1, 1), ("left", 1, -1), ("down", 0, 1), ("up", 0, -1)):
+        for index in np.flatnonzero(table.labels == table.class_names.index(motion)):
+            frames = table.segment(index)[..., 0].astype(np.float64)
+            ends = []
+            for frame in (frames[0], frames[-1]):
+                weight = np.clip(frame - 60, 0, None)  # the object, not the noise
+                ends.append((weight.sum(axis=1 - axis) * np.arange(32)).sum() / weight.sum())
+            assert sign * (ends[1] - ends[0]) > 2, (motion, ends)
+
+
+def test_segments_split_by_subject_and_the_same_recipe_gives_the_same_split(motion_clips):
+    a = load_clips(motion_clips / "segments.csv", val_fraction=0.2, test_fraction=0.25, seed=3)
+    b = load_clips(motion_clips / "segments.csv", val_fraction=0.2, test_fraction=0.25, seed=3)
+    assert (a.split == b.split).all() and a.fingerprint == b.fingerprint
+    for subject in set(a.groups):
+        assert len(set(a.split[a.groups == subject])) == 1
+    folder = load_clips(motion_clips)  # the class-folder layout: one segment per video, no subjects
+    assert len(folder) == 32 and folder.groups is None and set(folder.class_names) == set(MOTIONS)
+
+
+def test_clips_come_from_the_middle_or_a_random_place_and_short_segments_repeat(motion_clips):
+    table = load_segments_csv(motion_clips / "segments.csv")
+    segment = table.segment(0)
+    middle = table.clip(0, 3, 2)  # span 5 of 8 frames: room 3, middle start 1
+    assert all((f == segment[i]).all() for f, i in zip(middle, (1, 3, 5)))
+    longer = table.clip(0, 6, 2)  # span 11 > 8: the last frame repeats
+    assert (longer[-1] == segment[-1]).all() and (longer[-2] == segment[-1]).all()
+    starts = {int(np.flatnonzero([(f == table.clip(0, 2, 1, rng=np.random.default_rng(s))[0]).all()
+                                  for f in segment])[0]) for s in range(20)}
+    assert len(starts) > 2
+
+
+@pytest.mark.parametrize("body, message", [
+    ("video,start,label\nx.avi,0,a\n", "missing column"),
+    ("video,start,end,label\nleft/000000.avi,5,5,a\nleft/000000.avi,0,4,b\n", "must have 1 to"),
+    ("video,start,end,label\nleft/000000.avi,x,4,a\nleft/000000.avi,0,4,b\n", "frame numbers"),
+    ("video,start,end,label\n../../etc/passwd,0,4,a\nleft/000000.avi,0,4,b\n", "outside"),
+    ("video,start,end,label\nnone.avi,0,4,a\nmissing.avi,0,4,b\n", "no readable videos"),
+])
+def test_bad_segment_files_are_one_clean_error(motion_clips, body, message):
+    path = motion_clips / "bad.csv"
+    path.write_text(body)
+    try:
+        with pytest.raises(BadInputError, match=message):
+            load_segments_csv(path)
+    finally:
+        path.unlink()
+
+
+def test_clip_augmentation_is_the_same_on_every_frame(motion_clips):
+    from edgekit.training.torchdata import ClipDataset
+
+    table = load_segments_csv(motion_clips / "segments.csv")
+    still = ClipTable(labels=table.labels[:1], class_names=table.class_names, color="BGR", paths=table.paths[:1],
+                      starts=np.zeros(1, np.int64), ends=np.ones(1, np.int64))  # one frame, repeated
+    spec = clip_spec(labels=table.class_names, frame_stride=1)
+    x, _ = ClipDataset(still, np.array([0]), spec, train=True, hflip=True, seed=1)[0]
+    assert x.shape == (3, 4, 32, 32)
+    for t in range(1, 4):
+        torch.testing.assert_close(x[:, t], x[:, 0])
+
+
+@pytest.mark.slow
+def test_train_a_clip_model_from_the_cli(motion_clips, tmp_path):
+    from edgekit.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", str(motion_clips / "segments.csv"), "--model", "mobilenet3d_x0_5",
+                   "--imgsz", "32", "--clip-frames", "4", "--frame-stride", "2", "--epochs", "1", "--batch", "8",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    spec = load_checkpoint(out / "model.pt").spec
+    assert (spec.task, spec.layout, spec.clip_frames, spec.frame_stride) == ("clip", "NCTHW", 4, 2)
+    assert spec.input_shape() == (1, 3, 4, 32, 32)
+    wrong = run_cli("train", "--data", str(motion_clips / "segments.csv"), "--model", "small_cnn", "--epochs", "1",
+                    "--out", str(tmp_path / "wrong"))
+    assert wrong.returncode == 2 and "an image model" in wrong.stderr and "Traceback" not in wrong.stderr

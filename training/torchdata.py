@@ -1,4 +1,4 @@
-"""torch ``Dataset``/``DataLoader`` over an :class:`ImageTable`.
+"""torch ``Dataset``/``DataLoader`` over an :class:`ImageTable` (or a :class:`ClipTable` for clip models).
 
 Every sample goes through :func:`edgekit.core.spec.preprocess`, the function a deployed model's runtime also
 uses, so training, evaluation, calibration and deployment cannot disagree. Augmentation works on the
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.core.spec import ModelSpec, preprocess
+from edgekit.core.spec import ModelSpec, preprocess, preprocess_clip
 from edgekit.core.data import ImageTable
 
 
@@ -48,6 +48,23 @@ class TableDataset:
         return torch.from_numpy(x), int(self.table.labels[index])
 
 
+class ClipDataset(TableDataset):
+    """(preprocessed C x T x H x W clip, label): a random stretch of each segment when training, its middle
+    otherwise; augmentation draws its shift and mirror once per clip and applies them to every frame."""
+
+    def __getitem__(self, i: int):
+        import torch
+
+        index = int(self.indices[i])
+        spec = self.spec
+        frames = self.table.clip(index, spec.clip_frames, spec.frame_stride, rng=self.rng if self.train else None)
+        if self.train:
+            seed = int(self.rng.integers(2**63))
+            frames = [augment(frame, np.random.default_rng(seed), hflip=self.hflip) for frame in frames]
+        x = preprocess_clip(frames, spec, source_color=self.table.color)
+        return torch.from_numpy(x), int(self.table.labels[index])
+
+
 def make_loader(table: ImageTable, indices: np.ndarray, spec: ModelSpec, batch_size: int,
                 train: bool = False, hflip: bool = False, seed: int = 0, workers: int = 0,
                 shard: tuple[int, int] | None = None):
@@ -59,7 +76,8 @@ def make_loader(table: ImageTable, indices: np.ndarray, spec: ModelSpec, batch_s
 
     generator = torch.Generator().manual_seed(seed)
     rank, world = shard or (0, 1)
-    dataset = TableDataset(table, indices, spec, train=train, hflip=hflip, seed=seed + 1000 * rank)
+    kind = ClipDataset if spec.task == "clip" else TableDataset
+    dataset = kind(table, indices, spec, train=train, hflip=hflip, seed=seed + 1000 * rank)
     sampler = None
     if shard is not None:
         from torch.utils.data.distributed import DistributedSampler

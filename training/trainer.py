@@ -71,6 +71,8 @@ class TrainConfig:
     workers: int = 0
     threads: int = 0  # 0 = torch's default (per process with nproc > 1: the usable cores shared out)
     nproc: int = 1  # processes training together (DistributedDataParallel, gloo); see train()
+    clip_frames: int = 16  # clip models (task "clip"): frames per clip
+    frame_stride: int = 1  # clip models: take every frame_stride-th frame
 
     def __post_init__(self) -> None:
         arch = get_arch(self.model)  # unknown names fail before any data is read
@@ -92,6 +94,8 @@ class TrainConfig:
             checks.within("--pos-weight", self.pos_weight, 0, 1e6, low_open=True)
         checks.threads("--threads", self.threads)
         checks.within("--nproc", self.nproc, 1, 64)
+        checks.within("--clip-frames", self.clip_frames, 2, 256)
+        checks.within("--frame-stride", self.frame_stride, 1, 64)
         checks.within("--kd-temperature", self.kd_temperature, 0, 100, low_open=True)
         checks.within("--kd-alpha", self.kd_alpha, 0, 1)
         if self.teacher is not None and not Path(self.teacher).is_file():
@@ -127,8 +131,17 @@ def make_spec(cfg: TrainConfig, table: ImageTable) -> ModelSpec:
         log.info("positive class: %s%s", positive, "" if cfg.positive else " (choose with --positive)")
     elif cfg.positive is not None:
         raise BadInputError(f"--positive is for two-class data; this data has {len(labels)} classes")
+    arch = get_arch(cfg.model)
+    clips = getattr(table, "starts", None) is not None
+    if clips != (arch.task == "clip"):
+        raise BadInputError(f"{cfg.model} is {'a clip' if arch.task == 'clip' else 'an image'} model and {cfg.data} "
+                            f"holds {'video clips' if clips else 'images'}: "
+                            + ("train a clip model (mobilenet3d, mobilenet3d_x0_5, i3d_mobilenet_v2) on it" if clips
+                               else "give it labelled videos (<label>/*.avi or a video,start,end,label CSV)"))
     planes = {}
-    if get_arch(cfg.model).channels == 1:  # grey networks: one plane, normalised to about [-1, 1]
+    if arch.task == "clip":
+        planes = {"task": "clip", "layout": "NCTHW", "clip_frames": cfg.clip_frames, "frame_stride": cfg.frame_stride}
+    if arch.channels == 1:  # grey networks: one plane, normalised to about [-1, 1]
         planes = {"channels": 1, "color": "GRAY", "mean": (0.5,), "std": (0.5,)}
     return ModelSpec(arch=cfg.model, labels=labels, input_size=(cfg.input_size, cfg.input_size),
                      binary=binary, versions=torch_versions(), split=recipe, positive=positive, **planes)
@@ -167,7 +180,7 @@ def _freeze_batchnorm(model) -> None:
     import torch.nn as nn
 
     for module in getattr(model, "module", model).features.modules():  # a DistributedDataParallel wrapper too
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
 
 

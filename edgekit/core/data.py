@@ -364,6 +364,11 @@ def load_split(source: str | Path, *, val_fraction: float = 0.1, test_fraction: 
     refused: its "test" images could be training images. ``limit`` keeps at most that many training
     images (the rest are marked "unused"). Images without labels (see :func:`is_unlabelled_source`) and
     ``evaluate_all`` (an imported model: none of the data was its training data) make every image a test image."""
+    from edgekit.core.clips import is_clip_source, load_clips  # clips.py builds on this module
+
+    if is_clip_source(source):  # labelled videos: segments for clip models
+        return load_clips(source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, limit=limit,
+                          fingerprint=fingerprint, evaluate_all=evaluate_all)
     if is_unlabelled_source(source):
         return load_images(source, split="test")
     csv_options = {"path_column": path_column, "label_column": label_column,
