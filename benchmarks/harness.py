@@ -285,6 +285,10 @@ def format_table(result: dict) -> str:
                      f"{max(cfg['min_seconds'], 1):g} s (OpenVINO AsyncInferQueue; onnxruntime and PyTorch: one "
                      f"thread per request); OpenVINO runs requests in parallel only with several streams (--hint "
                      f"THROUGHPUT)")
+    clips = [r for r in result["rows"] if r.get("p50_ms_per_frame") is not None]
+    if clips:
+        lines.append("clip models: a run is one clip (FPS = clips/s); p50 per frame = p50 / frames: " + ", ".join(
+            f"{r['name']} {r['runtime']} {r['p50_ms_per_frame']:.3f} ms ({r['clip_frames']} frames)" for r in clips))
     if any(r.get("chunked_by") for r in result["rows"]):
         lines.append("bs 4=4x1: the model's graph takes 1 image at a time, so a batch of 4 is 4 calls (not batched)")
     return "\n".join(lines)

@@ -111,6 +111,9 @@ def run_job(job: dict) -> dict:
     if isinstance(fixed, int) and fixed < batch:  # a graph made for batch 1: the "batch" is several calls
         result["chunked_by"] = fixed
     result["precision"] = spec.precision
+    if spec.task == "clip":  # latency is per clip; what a frame costs is the clip's share
+        result["clip_frames"] = spec.clip_frames
+        result["p50_ms_per_frame"] = result["p50_ms"] / (batch * spec.clip_frames)
     result["torch_imported"] = "torch" in sys.modules and sys.modules["torch"] is not None
     if job.get("data") and job.get("evaluate"):
         inputs, count, labels = evaluation_set(job["data"], spec, job.get("images", 0), job.get("seed", 0))

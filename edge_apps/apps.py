@@ -3,6 +3,8 @@
 - ``classify``: the whole frame (or, with a face detector, the largest face) -> classifier -> smoothing.
 - ``attend``: largest face -> crop -> binary attentive/not-attentive classifier -> mean over the last N frames
   (5 by default); a window in which more than half of the frames had no face is "not attentive", score 0.
+- ``clip``: (edge_apps/clip.py) a clip model on a ring buffer of the last frames -> smoothing; a decision
+  every N frames.
 - ``driver``: the whole cabin image -> 10-class distraction classifier (State Farm classes) -> smoothing; an
   alert when a distracted class persists past a threshold time; and, from the face, eye closure per frame ->
   PERCLOS (share of closed-eye frames) over a time window with its own drowsiness alert.
@@ -36,6 +38,7 @@ APPS = {
     "classify": "edgekit.edge_apps.apps:ClassifyApp",
     "attend": "edgekit.edge_apps.apps:AttendApp",
     "driver": "edgekit.edge_apps.driver:DriverApp",
+    "clip": "edgekit.edge_apps.clip:ClipApp",
 }
 
 
@@ -76,6 +79,7 @@ class AppSettings:
     perclos_seconds: float = 30.0  # driver: PERCLOS window
     perclos_threshold: float = 0.3  # driver: closed-eye share that raises the drowsiness alert
     margin: float = 0.2  # face box expansion before cropping
+    clip_every: int = 1  # clip: a decision every N frames pushed into the clip buffer
 
     def __post_init__(self) -> None:
         Smoother.parse(self.smooth, self.hold)  # refuses a bad --smooth / --hold
@@ -85,6 +89,7 @@ class AppSettings:
         checks.within("--perclos-seconds", self.perclos_seconds, 0, 86_400, low_open=True)
         checks.within("--perclos-threshold", self.perclos_threshold, 0, 1)
         checks.within("--margin", self.margin, 0, 4)
+        checks.within("--clip-every", self.clip_every, 1, 10_000)
 
     def smoother(self) -> Smoother:
         return Smoother.parse(self.smooth, self.hold)
@@ -117,6 +122,9 @@ def app_class(name: str) -> type:
 
 def build_app(name: str, runtime, timer: "Timer", faces, settings: AppSettings | None = None) -> App:
     """The app ``name`` on ``runtime``, with a face detector (or None) and ``settings``."""
+    if runtime.spec.task == "clip" and name != "clip":
+        raise BadInputError(f"{runtime.spec.arch} is a clip model ({runtime.spec.clip_frames} frames a decision): "
+                            "run it with --app clip")
     app = app_class(name).from_settings(runtime, timer, faces, settings or AppSettings())
     if not isinstance(app, App):
         raise TypeError(f"{type(app).__name__} does not implement the App protocol")

@@ -46,6 +46,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         app_class(self.app)  # an unknown app fails before the model is loaded
+        if self.app == "clip" and (self.pipeline.every != 1 or self.pipeline.motion_gate):
+            raise BadInputError("--app clip needs every frame for its clip buffer: use --clip-every N instead of "
+                                "--every, and no --motion-gate")
         checks.within("--fleet-interval", self.fleet_interval, 0.05, 3600)
         if self.device_id is not None:
             from edgekit.edge_apps.fleet import check_name

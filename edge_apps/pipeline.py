@@ -229,7 +229,7 @@ class SinkThread:
             sink.close()
 
 
-STAGES = ("wait", "resize", "gate", "roi", "eyes", "preprocess", "infer", "smooth", "render")
+STAGES = ("wait", "resize", "gate", "roi", "eyes", "preprocess", "buffer", "infer", "smooth", "render")
 
 
 def recent_stages(times: dict[str, list[float]], window: int = 200) -> dict:
@@ -425,6 +425,9 @@ def format_summary(summary: dict) -> str:
              f"{summary['pipeline_fps']:.1f} FPS, model only {summary['model_only_fps'] or 0:.1f} FPS "
              f"({summary['inferences']} inferences" + (f", {summary['gated']} frames gated" if summary["gated"] else "")
              + f"); CPU {summary['cpu_ms_per_frame']:.2f} ms per frame, all threads"]
+    if summary["app"] == "clip" and summary["seconds"] > 0:
+        lines.append(f"{summary['inferences']} clip decisions, {summary['inferences'] / summary['seconds']:.1f} per "
+                     "second end to end")
     faces = summary.get("faces") or {}
     if faces.get("searched"):
         lines.append(f"faces found in {faces['found']} of {faces['searched']} frames searched")

@@ -34,7 +34,8 @@ def fleet_options(command):
                    "Raspberry Pi camera module through libcamera's Picamera2).")
 @click.option("--app", type=click.Choice(sorted(APPS)), default="classify", show_default=True,
               help="classify: whole frame (or face with --faces); attend: largest face -> binary attentiveness "
-                   "averaged over --window frames; driver: 10-class distraction + eye-closure drowsiness alerts.")
+                   "averaged over --window frames; driver: 10-class distraction + eye-closure drowsiness alerts; clip: a clip "
+                   "model on the last frames (activity recognition).")
 @click.option("--faces", default=None, help="Face detector: haar, none or a cascade .xml "
               "(default: haar for attend/driver, none for classify).")
 @click.option("--out", default="runs/run", show_default=True,
@@ -64,6 +65,8 @@ def fleet_options(command):
 @click.option("--perclos-seconds", default=30.0, show_default=True, help="driver: PERCLOS window in seconds.")
 @click.option("--perclos-threshold", default=0.3, show_default=True,
               help="driver: share of closed-eye frames in the window that raises the drowsiness alert.")
+@click.option("--clip-every", default=1, show_default=True,
+              help="clip: a decision every N frames taken into the clip (the model's frame stride applies first).")
 @click.option("--realtime", is_flag=True,
               help="Play a video file or folder at its frame rate, like a camera (the newest frame wins).")
 @click.option("--loop", is_flag=True, help="Restart a video file or folder at its end (until Ctrl-C or --max-frames).")

@@ -100,7 +100,7 @@ def export_fp32(model, spec: ModelSpec, path: Path, dynamic_batch: bool) -> None
 
     onnx = require("onnx", "export", "ONNX export")
 
-    shape = (1, *spec.input_size, spec.channels) if spec.layout == "NHWC" else (1, spec.channels, *spec.input_size)
+    shape = spec.input_shape(1)
     example = torch.zeros(shape, dtype=torch.uint8 if spec.dtype == "uint8" else torch.float32)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():

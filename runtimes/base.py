@@ -184,7 +184,7 @@ def check_graph(path: Path, spec: ModelSpec, input_shape, output_shape) -> None:
     number of outputs must agree, or the model is refused with one line before any frame reaches it.
     Shapes are lists of ints, with None (or a name) for dynamic dimensions."""
     expected = spec.input_shape()
-    if len(input_shape) != 4 or any(isinstance(g, int) and g != e for g, e in zip(input_shape[1:], expected[1:])):
+    if len(input_shape) != len(expected) or any(isinstance(g, int) and g != e for g, e in zip(input_shape[1:], expected[1:])):
         raise BadInputError(f"{path.name}: the graph takes {list(input_shape)} but its spec describes "
                             f"{list(expected)} ({spec.layout}, {spec.channels} channel(s), "
                             f"{spec.input_size[0]}x{spec.input_size[1]}); the spec does not fit this model")
@@ -198,7 +198,7 @@ def check_graph(path: Path, spec: ModelSpec, input_shape, output_shape) -> None:
 def check_input(batch: np.ndarray, spec: ModelSpec) -> None:
     """A wrong shape or dtype becomes one readable line instead of a backend stack trace."""
     chw = spec.input_shape()[1:]
-    if batch.ndim != 4 or tuple(batch.shape[1:]) != chw:
+    if batch.ndim != len(chw) + 1 or tuple(batch.shape[1:]) != chw:
         raise BadInputError(f"input shape {tuple(batch.shape)} does not fit the model: expected (N, {', '.join(map(str, chw))})")
     expected = np.dtype(spec.dtype)
     if batch.dtype != expected:

@@ -1,4 +1,7 @@
-"""Clip models and clip specs (issue 19): shapes, the I3D inflation, and the spec's clip fields."""
+"""Clip models (issue 19): models and the I3D inflation, the spec's clip fields, clip data, and a clip model through
+training, distillation, QAT, export, verify, bench and `run --app clip`."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +196,149 @@ def test_train_a_clip_model_from_the_cli(motion_clips, tmp_path):
     wrong = run_cli("train", "--data", str(motion_clips / "segments.csv"), "--model", "small_cnn", "--epochs", "1",
                     "--out", str(tmp_path / "wrong"))
     assert wrong.returncode == 2 and "an image model" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+# --- a clip model through quantize, export, verify, bench and `run --app clip` -------------------------------
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")  # Debian opencv-doc: a real street camera
+
+
+@pytest.fixture(scope="session")
+def clip_model(motion_clips, tmp_path_factory):
+    """mobilenet3d_x0_5 trained one short epoch on the tiny motion set: 4 frames, every 2nd, 32x32."""
+    from edgekit.training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("clip_train")
+    result = train(TrainConfig(data=str(motion_clips / "segments.csv"), model="mobilenet3d_x0_5", weights="none",
+                               input_size=32, clip_frames=4, frame_stride=2, epochs=1, batch_size=8, out=str(out),
+                               threads=2))
+    return result["checkpoint"]
+
+
+@pytest.fixture(scope="session")
+def clip_exported(clip_model, motion_clips, tmp_path_factory):
+    """FP32 ONNX + OpenVINO of the clip model, and QDQ ONNX + OpenVINO of its PyTorch INT8 (static) checkpoint."""
+    from edgekit.export.core import ExportConfig, export
+    from edgekit.training.quantize import QuantizeConfig, quantize_checkpoint
+
+    out = tmp_path_factory.mktemp("clip_export")
+    data = str(motion_clips / "segments.csv")
+    fp32 = export(ExportConfig(checkpoint=str(clip_model), formats=("onnx", "openvino"), out=str(out / "fp32"),
+                               data=data))
+    quantized = quantize_checkpoint(QuantizeConfig(checkpoint=str(clip_model), data=data, calib_batches=2,
+                                                   batch_size=8, out=str(out / "model_int8.pt"), threads=2))
+    int8 = export(ExportConfig(checkpoint=str(out / "model_int8.pt"), formats=("onnx", "openvino"),
+                               out=str(out / "int8"), data=data))
+    return out, fp32, quantized, int8
+
+
+def test_clip_models_export_and_verify_on_every_runtime(clip_exported):
+    out, fp32, quantized, int8 = clip_exported
+    assert fp32.verify_ok and int8.verify_ok, (fp32.failed, int8.failed)
+    rows = {row.name: row for row in fp32.verify_rows + int8.verify_rows}
+    for name in ("model.onnx", "model.xml"):
+        assert rows[name].max_abs < 1e-4  # FP32 graphs reproduce PyTorch on real clips
+    for name in ("model_int8.onnx", "model_int8.xml"):
+        assert rows[name].precision == "int8" and rows[name].agreement >= 0.9
+    from edgekit.core.artifacts import read_sidecar
+
+    spec = read_sidecar(out / "int8" / "model_int8.onnx")[0]
+    assert (spec.task, spec.clip_frames, spec.precision) == ("clip", 4, "int8")
+    assert (out / "int8" / "model_int8.onnx").stat().st_size < 0.4 * (out / "fp32" / "model.onnx").stat().st_size
+
+
+def test_onnx_clip_model_runs_without_torch(clip_exported, motion_clips):
+    """The Pi path: onnxruntime alone reads the clip spec, preprocesses a clip and classifies it."""
+    import subprocess
+    import sys
+
+    out = clip_exported[0]
+    code = f"""
+import sys
+sys.modules['torch'] = None  # as on a device without torch: importing it fails
+import numpy as np
+from edgekit.core.clips import load_segments_csv
+from edgekit.core.spec import preprocess_clip
+from edgekit.runtimes import RuntimeOptions, load_runtime
+rt = load_runtime({str(out / 'int8' / 'model_int8.onnx')!r}, 'onnxruntime', RuntimeOptions(threads=1))
+table = load_segments_csv(__import__('pathlib').Path({str(motion_clips / 'segments.csv')!r}))
+x = preprocess_clip(table.clip(0, rt.spec.clip_frames, rt.spec.frame_stride), rt.spec)[None]
+print(rt.infer(x).shape)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "(1, 8)" in proc.stdout
+
+
+def test_bench_reports_clip_latency_per_frame(clip_exported, motion_clips, tmp_path):
+    import json
+
+    out = clip_exported[0]
+    proc = run_cli("bench", "run", str(out / "fp32" / "model.onnx"), str(out / "int8" / "model_int8.onnx"),
+                   "--min-runs", "5", "--min-seconds", "0.2", "--warmup", "1", "--json", str(tmp_path / "b.json"))
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "p50 per frame" in proc.stdout
+    for row in json.loads((tmp_path / "b.json").read_text())["rows"]:
+        assert row["clip_frames"] == 4
+        assert row["p50_ms_per_frame"] == pytest.approx(row["p50_ms"] / 4)
+
+
+@pytest.mark.skipif(not VTEST.is_file(), reason="needs Debian's opencv-doc (tools/system-packages.sh installs it)")
+@pytest.mark.parametrize("every", [1, 3])
+def test_run_app_clip_on_a_real_video(clip_exported, tmp_path, every):
+    """A decision once the buffer holds 4 frames (every 2nd frame taken), then one every `every` frames taken;
+    the summary times the clip buffer."""
+    import json
+
+    out = clip_exported[0]
+    frames = 40
+    proc = run_cli("run", "--model", str(out / "int8" / "model_int8.onnx"), "--app", "clip", "--source", str(VTEST),
+                   "--max-frames", str(frames), "--clip-every", str(every), "--no-save-video", "--out",
+                   str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    taken = frames // 2
+    assert summary["inferences"] == 1 + (taken - 4) // every
+    assert "buffer" in summary["stages"] and "infer" in summary["stages"]
+    assert "clip decisions" in proc.stdout
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert events[0]["label"] == "(filling clip)" and events[1]["frame"] == 6  # 4th frame taken: index 6
+
+
+@pytest.mark.parametrize("model, args, fragment", [
+    ("clip", ["--app", "classify"], "is a clip model"),
+    ("clip", ["--app", "clip", "--every", "2"], "needs every frame"),
+    ("clip", ["--app", "clip", "--faces", "haar"], "leave out --faces"),
+    ("image", ["--app", "clip"], "needs a clip model"),
+])
+def test_clip_app_misuse_is_one_line(clip_exported, exported, tmp_path, model, args, fragment):
+    path = clip_exported[0] / "fp32" / "model.onnx" if model == "clip" else exported[0] / "model.onnx"
+    proc = run_cli("run", "--model", str(path), "--source", str(VTEST), "--max-frames", "5", "--no-save-video",
+                   "--out", str(tmp_path / "run"), *args)
+    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
+
+
+@pytest.mark.slow
+def test_distillation_and_qat_for_clip_models(motion_clips, clip_model, tmp_path):
+    """An inflated teacher teaches a 3D student (the same frames, normalised for each), and quantization-aware
+    training gives an INT8 clip checkpoint that exports to QDQ ONNX and verifies."""
+    from edgekit.export.core import ExportConfig, export
+    from edgekit.training.quantize import QuantizeConfig, quantize_checkpoint
+    from edgekit.training.trainer import TrainConfig, train
+
+    data = str(motion_clips / "segments.csv")
+    common = dict(data=data, input_size=32, clip_frames=4, frame_stride=2, epochs=1, batch_size=8, threads=2)
+    teacher = train(TrainConfig(model="i3d_mobilenet_v2", weights="none", out=str(tmp_path / "teacher"), **common))
+    student = train(TrainConfig(model="mobilenet3d_x0_5", weights="none", teacher=str(teacher["checkpoint"]),
+                                kd_temperature=3, out=str(tmp_path / "student"), **common))
+    assert student["report"]["distillation"]["teacher_arch"] == "i3d_mobilenet_v2"
+    qat = quantize_checkpoint(QuantizeConfig(checkpoint=str(student["checkpoint"]), data=data, mode="qat",
+                                             qat_epochs=1, calib_batches=1, batch_size=8,
+                                             out=str(tmp_path / "qat.pt"), threads=2))
+    assert qat["mode"] == "qat" and qat["int8"]["accuracy"] is not None
+    result = export(ExportConfig(checkpoint=str(tmp_path / "qat.pt"), formats=("onnx",), out=str(tmp_path / "x"),
+                                 data=data))
+    assert result.verify_ok, result.failed
+    # a teacher that sees other frames than the student is refused before training
+    with pytest.raises(BadInputError, match="must see what the student sees"):
+        train(TrainConfig(model="mobilenet3d_x0_5", weights="none", teacher=str(teacher["checkpoint"]),
+                          out=str(tmp_path / "bad"), **{**common, "clip_frames": 2}))

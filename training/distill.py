@@ -38,29 +38,41 @@ class Distiller:
         from edgekit.models.loading import load_model
 
         ckpt = load_checkpoint(path)
-        if ckpt.spec.layout != "NCHW" or ckpt.spec.dtype != "float32":
-            raise BadInputError(f"--teacher {path}: a float NCHW checkpoint is needed")
+        if ckpt.spec.dtype != "float32" or ckpt.spec.layout not in ("NCHW", "NCTHW"):
+            raise BadInputError(f"--teacher {path}: a float NCHW (or NCTHW clip) checkpoint is needed")
+        t, s = ckpt.spec, student_spec
+        if t.task != s.task or (t.clip_frames, t.frame_stride) != (s.clip_frames, s.frame_stride):
+            raise BadInputError(f"--teacher {path}: a {t.task} model ({t.clip_frames} frames, stride {t.frame_stride}) "
+                                f"cannot teach a {s.task} model ({s.clip_frames} frames, stride {s.frame_stride}): "
+                                "the teacher must see what the student sees")
         return cls(load_model(ckpt), ckpt.spec, student_spec, temperature, alpha, hard_loss, source=str(path))
 
     def teacher_input(self, x):
-        """The student's normalised batch as the teacher's normalised batch."""
+        """The student's normalised batch (images N x C x H x W, or clips N x C x T x H x W) as the teacher's."""
         import torch
         import torch.nn.functional as F
 
         s, t = self.student_spec, self.teacher_spec
-        pixels = x * torch.tensor(s.std).view(1, -1, 1, 1) + torch.tensor(s.mean).view(1, -1, 1, 1)
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # per-channel values against axis 1
+
+        def per_channel(values):
+            return torch.tensor(values).view(shape)
+
+        pixels = x * per_channel(s.std) + per_channel(s.mean)
         pixels = pixels / (s.scale * 255.0)  # back to [0, 1] whatever the scale convention
         if s.channels == 1 and t.channels == 3:
-            pixels = pixels.expand(-1, 3, -1, -1)
+            pixels = pixels.expand(-1, 3, *pixels.shape[2:])
         elif s.channels == 3 and t.channels == 1:
             rgb = pixels if s.color == "RGB" else pixels.flip(1)
-            pixels = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            pixels = (rgb * per_channel([0.299, 0.587, 0.114])).sum(1, keepdim=True)
         elif s.channels == 3 and s.color != t.color:
             pixels = pixels.flip(1)  # RGB <-> BGR
         if tuple(pixels.shape[-2:]) != tuple(t.input_size):
-            pixels = F.interpolate(pixels, size=tuple(t.input_size), mode="bilinear", align_corners=False)
+            size = (*pixels.shape[2:-2], *t.input_size)  # clips keep their frames
+            pixels = F.interpolate(pixels, size=size, mode="bilinear" if x.dim() == 4 else "trilinear",
+                                   align_corners=False)
         pixels = pixels * (t.scale * 255.0)
-        return (pixels - torch.tensor(t.mean).view(1, -1, 1, 1)) / torch.tensor(t.std).view(1, -1, 1, 1)
+        return (pixels - per_channel(t.mean)) / per_channel(t.std)
 
     def __call__(self, x, logits, targets):
         import torch

@@ -51,13 +51,13 @@ def calibration_batches(table: ImageTable, spec: ModelSpec, num_samples: int, ba
         part = chosen[start:start + batch_size]
         batch = table.inputs(part, spec)
         digest.update(batch.tobytes())
-        axes = (0, 2, 3) if spec.layout == "NCHW" else (0, 1, 2)
+        axes = {"NCHW": (0, 2, 3), "NHWC": (0, 1, 2), "NCTHW": (0, 2, 3, 4)}[spec.layout]
         total += batch.sum(axis=axes, dtype=np.float64)
         total_sq += np.square(batch, dtype=np.float64).sum(axis=axes)
         if table.labelled:
             counts += np.bincount(table.labels[part], minlength=len(counts))
         audit.samples += len(part)
-        count = audit.samples * spec.input_size[0] * spec.input_size[1]  # values per channel so far
+        count = audit.samples * int(np.prod(spec.input_shape(1))) // spec.channels  # values per channel so far
         audit.channel_mean = (total / count).tolist()
         audit.channel_std = np.sqrt(np.maximum(total_sq / count - (total / count) ** 2, 0)).tolist()
         audit.class_counts = {name: int(c) for name, c in zip(table.class_names, counts)}

@@ -60,7 +60,7 @@ def float_model(ckpt: Checkpoint):
 def example_input(spec):
     import torch
 
-    return torch.zeros(1, spec.channels, *spec.input_size)
+    return torch.zeros(spec.input_shape(1) if spec.layout == "NCTHW" else (1, spec.channels, *spec.input_size))
 
 
 @functools.lru_cache(maxsize=None)
