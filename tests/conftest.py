@@ -223,3 +223,42 @@ def clip(tmp_path_factory):
         writer.write(image)
     writer.release()
     return path
+
+
+@pytest.fixture(scope="session")
+def motion_clips(tmp_path_factory):
+    """The temporal benchmark in miniature: 4 videos per motion, 8 frames of 32x32 (edgekit dataset clips)."""
+    from edgekit.edge_apps.motion import MotionClipsConfig, build_motion_clips
+
+    out = tmp_path_factory.mktemp("motion") / "clips"
+    build_motion_clips(MotionClipsConfig(out=str(out), per_class=4, frames=8, size=32))
+    return out
+
+
+@pytest.fixture(scope="session")
+def clip_model(motion_clips, tmp_path_factory):
+    """mobilenet3d_x0_5 trained one short epoch on the tiny motion set: 4 frames, every 2nd, 32x32."""
+    from edgekit.training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("clip_train")
+    result = train(TrainConfig(data=str(motion_clips / "segments.csv"), model="mobilenet3d_x0_5", weights="none",
+                               input_size=32, clip_frames=4, frame_stride=2, epochs=1, batch_size=8, out=str(out),
+                               threads=2))
+    return result["checkpoint"]
+
+
+@pytest.fixture(scope="session")
+def clip_exported(clip_model, motion_clips, tmp_path_factory):
+    """FP32 ONNX + OpenVINO of the clip model, and QDQ ONNX + OpenVINO of its PyTorch INT8 (static) checkpoint."""
+    from edgekit.export.core import ExportConfig, export
+    from edgekit.training.quantize import QuantizeConfig, quantize_checkpoint
+
+    out = tmp_path_factory.mktemp("clip_export")
+    data = str(motion_clips / "segments.csv")
+    fp32 = export(ExportConfig(checkpoint=str(clip_model), formats=("onnx", "openvino"), out=str(out / "fp32"),
+                               data=data))
+    quantized = quantize_checkpoint(QuantizeConfig(checkpoint=str(clip_model), data=data, calib_batches=2,
+                                                   batch_size=8, out=str(out / "model_int8.pt"), threads=2))
+    int8 = export(ExportConfig(checkpoint=str(out / "model_int8.pt"), formats=("onnx", "openvino"),
+                               out=str(out / "int8"), data=data))
+    return out, fp32, quantized, int8

@@ -17,15 +17,28 @@ def binary_runtime(binary_models):
     rt.close()
 
 
+@pytest.fixture(scope="module")
+def clip_runtime(clip_exported):
+    from edgekit.runtimes import RuntimeOptions, load_runtime
+
+    rt = load_runtime(str(clip_exported[0] / "fp32" / "model.onnx"), None, RuntimeOptions(threads=1))
+    yield rt
+    rt.close()
+
+
 @pytest.mark.parametrize("name", sorted(APPS))
-def test_every_registered_app_implements_the_protocol(name, binary_runtime):
+def test_every_registered_app_implements_the_protocol(name, request):
+    runtime = request.getfixturevalue("clip_runtime" if name == "clip" else "binary_runtime")  # clip: a clip model
     cls = app_class(name)
     assert cls.name == name and cls.default_faces in ("none", "haar")
-    settings = AppSettings(safe_label=binary_runtime.spec.labels[0])  # the driver app needs a safe class
-    app = build_app(name, binary_runtime, Timer(), load_detector(cls.default_faces), settings)
+    settings = AppSettings(safe_label=runtime.spec.labels[0])  # the driver app needs a safe class
+    app = build_app(name, runtime, Timer(), load_detector(cls.default_faces), settings)
     assert isinstance(app, App)
-    analysis, events = app.analyze(np.zeros((48, 64, 3), np.uint8), 0.0)
-    assert isinstance(analysis.label, str) and 0.0 <= analysis.score <= 1.0 and isinstance(events, list)
+    for t in range(12):  # the clip app decides once its buffer is full
+        analysis, events = app.analyze(np.zeros((48, 64, 3), np.uint8), t / 10)
+        assert isinstance(analysis.label, str) and 0.0 <= analysis.score <= 1.0 and isinstance(events, list)
+    if name == "clip":  # 4 frames, every 2nd: the 7th frame fills the buffer, then one decision per frame taken
+        assert app.classify.inferences == 3
 
 
 def test_an_object_without_analyze_is_not_an_app():

@@ -97,13 +97,6 @@ from edgekit.edge_apps.motion import MOTIONS, MotionClipsConfig, build_motion_cl
 from tests.conftest import run_cli  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def motion_clips(tmp_path_factory):
-    out = tmp_path_factory.mktemp("motion") / "clips"
-    build_motion_clips(MotionClipsConfig(out=str(out), per_class=4, frames=8, size=32))
-    return out
-
-
 def test_motion_builder_writes_both_layouts(motion_clips):
     assert sorted(d.name for d in motion_clips.iterdir() if d.is_dir()) == sorted(MOTIONS)
     assert all(len(list((motion_clips / m).glob("*.avi"))) == 4 for m in MOTIONS)
@@ -202,35 +195,6 @@ def test_train_a_clip_model_from_the_cli(motion_clips, tmp_path):
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")  # Debian opencv-doc: a real street camera
 
 
-@pytest.fixture(scope="session")
-def clip_model(motion_clips, tmp_path_factory):
-    """mobilenet3d_x0_5 trained one short epoch on the tiny motion set: 4 frames, every 2nd, 32x32."""
-    from edgekit.training.trainer import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("clip_train")
-    result = train(TrainConfig(data=str(motion_clips / "segments.csv"), model="mobilenet3d_x0_5", weights="none",
-                               input_size=32, clip_frames=4, frame_stride=2, epochs=1, batch_size=8, out=str(out),
-                               threads=2))
-    return result["checkpoint"]
-
-
-@pytest.fixture(scope="session")
-def clip_exported(clip_model, motion_clips, tmp_path_factory):
-    """FP32 ONNX + OpenVINO of the clip model, and QDQ ONNX + OpenVINO of its PyTorch INT8 (static) checkpoint."""
-    from edgekit.export.core import ExportConfig, export
-    from edgekit.training.quantize import QuantizeConfig, quantize_checkpoint
-
-    out = tmp_path_factory.mktemp("clip_export")
-    data = str(motion_clips / "segments.csv")
-    fp32 = export(ExportConfig(checkpoint=str(clip_model), formats=("onnx", "openvino"), out=str(out / "fp32"),
-                               data=data))
-    quantized = quantize_checkpoint(QuantizeConfig(checkpoint=str(clip_model), data=data, calib_batches=2,
-                                                   batch_size=8, out=str(out / "model_int8.pt"), threads=2))
-    int8 = export(ExportConfig(checkpoint=str(out / "model_int8.pt"), formats=("onnx", "openvino"),
-                               out=str(out / "int8"), data=data))
-    return out, fp32, quantized, int8
-
-
 def test_clip_models_export_and_verify_on_every_runtime(clip_exported):
     out, fp32, quantized, int8 = clip_exported
     assert fp32.verify_ok and int8.verify_ok, (fp32.failed, int8.failed)
@@ -283,15 +247,16 @@ def test_bench_reports_clip_latency_per_frame(clip_exported, motion_clips, tmp_p
 
 
 @pytest.mark.skipif(not VTEST.is_file(), reason="needs Debian's opencv-doc (tools/system-packages.sh installs it)")
-@pytest.mark.parametrize("every", [1, 3])
-def test_run_app_clip_on_a_real_video(clip_exported, tmp_path, every):
-    """A decision once the buffer holds 4 frames (every 2nd frame taken), then one every `every` frames taken;
-    the summary times the clip buffer."""
+@pytest.mark.parametrize("model, every", [("int8/model_int8.onnx", 1), ("int8/model_int8.onnx", 3),
+                                          ("fp32/model.xml", 1), ("model_int8.pt", 2)])
+def test_run_app_clip_on_a_real_video(clip_exported, tmp_path, model, every):
+    """On every runtime: a decision once the buffer holds 4 frames (every 2nd frame taken), then one every
+    `every` frames taken; the summary times the clip buffer."""
     import json
 
     out = clip_exported[0]
     frames = 40
-    proc = run_cli("run", "--model", str(out / "int8" / "model_int8.onnx"), "--app", "clip", "--source", str(VTEST),
+    proc = run_cli("run", "--model", str(out / model), "--app", "clip", "--source", str(VTEST),
                    "--max-frames", str(frames), "--clip-every", str(every), "--no-save-video", "--out",
                    str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-1500:]
@@ -342,3 +307,13 @@ def test_distillation_and_qat_for_clip_models(motion_clips, clip_model, tmp_path
     with pytest.raises(BadInputError, match="must see what the student sees"):
         train(TrainConfig(model="mobilenet3d_x0_5", weights="none", teacher=str(teacher["checkpoint"]),
                           out=str(tmp_path / "bad"), **{**common, "clip_frames": 2}))
+
+
+def test_clip_models_calibrate_on_clips_only(clip_model, motion_clips, image_folder, tmp_path):
+    """--calib takes a folder of labelled videos for a clip model; images are refused in one line."""
+    good = run_cli("quantize", str(clip_model), "--calib", str(motion_clips), "--calib-batches", "1", "--batch", "8",
+                   "--out", str(tmp_path / "q.pt"))
+    assert good.returncode == 0, good.stderr[-1500:]
+    assert (tmp_path / "q.pt").is_file()
+    bad = run_cli("quantize", str(clip_model), "--calib", str(image_folder), "--out", str(tmp_path / "bad.pt"))
+    assert bad.returncode == 2 and "calibrates on clips" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
