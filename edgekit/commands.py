@@ -29,6 +29,8 @@ from edgekit.core import checks, jsonio
 @click.option("--head-epochs", default=2, show_default=True, help="Pretrained only: epochs training the head alone.")
 @click.option("--unfreeze-blocks", default=-1, show_default=True,
               help="Pretrained only: backbone blocks trained in stage 2 (-1 = all).")
+@click.option("--train-bn", is_flag=True, help="Pretrained only: BatchNorm statistics follow the new data (for data "
+              "far from ImageNet photographs) instead of staying frozen.")
 @click.option("--batch", "batch_size", default=64, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--finetune-lr", default=1e-4, show_default=True, help="Stage 2 learning rate.")

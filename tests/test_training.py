@@ -192,6 +192,11 @@ def test_head_only_stage_keeps_the_pretrained_batchnorm_statistics(image_folder,
     assert len(stats) == 104
     for key in stats:
         torch.testing.assert_close(trained[key], pretrained.state_dict()[key], rtol=0, atol=0, msg=key)
+    # --train-bn: the statistics follow the new data instead
+    adapted = train(TrainConfig(data=str(image_folder), weights=str(weights), epochs=1, head_epochs=1, batch_size=16,
+                                train_bn=True, out=str(tmp_path / "adapted"), threads=2))
+    moved = load_checkpoint(adapted["checkpoint"]).state_dict
+    assert all(not torch.equal(moved[k], pretrained.state_dict()[k]) for k in stats if k.endswith("running_mean"))
 
 
 def test_checkpoint_follows_the_umask(trained, tmp_path):

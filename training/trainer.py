@@ -4,7 +4,9 @@ Recipe: Adam, ReduceLROnPlateau on the validation loss (or a cosine decay), earl
 pretrained weights the fit has two stages: the head alone on a frozen backbone, then the last N backbone
 blocks too at a lower learning rate. In both stages the backbone's BatchNorm layers stay in eval mode:
 a frozen layer's running statistics would otherwise still be overwritten by every training batch (small
-data sets would wreck the ImageNet statistics).
+data sets would wreck the ImageNet statistics). ``train_bn`` lets them follow the new data instead, for data
+far from ImageNet's photographs (the inflated clip teacher on grey 32x32 motion clips: with frozen statistics
+it reached 0.49 validation accuracy in 8 epochs at the default rate and diverged at 1e-3).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class TrainConfig:
     epochs: int = 10
     head_epochs: int = 2  # stage 1 (frozen backbone); pretrained weights only
     unfreeze_blocks: int = -1  # stage 2: last N backbone blocks trainable, -1 = all
+    train_bn: bool = False  # pretrained: let the backbone's BatchNorm statistics follow the new data
     batch_size: int = 64
     lr: float = 1e-3
     finetune_lr: float = 1e-4
@@ -246,7 +249,8 @@ def fit(model, loaders: dict, loss_fn, cfg: TrainConfig, spec: ModelSpec, distil
             if hasattr(loaders["train"].sampler, "set_epoch"):  # distributed: a new shuffle every epoch
                 loaders["train"].sampler.set_epoch(epoch)
             tr_loss, tr_acc, _, _ = run_epoch(net, loaders["train"], loss_fn, spec.binary, optimizer,
-                                              freeze_bn=stage != "all", desc=f"epoch {epoch} {stage}",
+                                              freeze_bn=stage != "all" and not cfg.train_bn,
+                                              desc=f"epoch {epoch} {stage}",
                                               distill=distill)
             va_loss, va_acc = (run_epoch(model, loaders["val"], loss_fn, spec.binary, desc="val")[:2]
                                if loaders.get("val") else (tr_loss, tr_acc))
