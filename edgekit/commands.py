@@ -95,6 +95,9 @@ def train(**options) -> None:
               help="qat: weight of the FP32 model's own soft outputs in the loss (self-distillation), the rest on "
               "the labels; 0 = labels only.")
 @click.option("--qat-kd-temperature", default=1.0, show_default=True, help="qat: temperature of those soft outputs.")
+@click.option("--qat-clip-grad", type=float, default=None,
+              help="qat: clip the gradient norm to this before each step (default: 1.0 for clip models, whose QAT "
+              "diverged without it; off for image models; 0 = off).")
 @click.option("--engine", type=click.Choice(["auto", "x86", "fbgemm", "qnnpack", "onednn"]), default="auto",
               show_default=True, help="Quantized kernel set; auto picks x86 on Intel/AMD, qnnpack on ARM.")
 @click.option("--reduce-range/--full-range", default=False, show_default=True,

@@ -300,6 +300,9 @@ def test_distillation_and_qat_for_clip_models(motion_clips, clip_model, tmp_path
                                              qat_epochs=1, calib_batches=1, batch_size=8,
                                              out=str(tmp_path / "qat.pt"), threads=2))
     assert qat["mode"] == "qat" and qat["int8"]["accuracy"] is not None
+    from edgekit.models.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "qat.pt").spec.quantization["training"]["clip_grad"] == 1.0  # clip default
     result = export(ExportConfig(checkpoint=str(tmp_path / "qat.pt"), formats=("onnx",), out=str(tmp_path / "x"),
                                  data=data))
     assert result.verify_ok, result.failed

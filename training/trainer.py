@@ -192,10 +192,11 @@ def _targets(y, binary: bool):
 
 
 def run_epoch(model, loader, loss_fn, binary: bool, optimizer=None, freeze_bn: bool = False, desc: str = "",
-              distill=None):
+              distill=None, clip_grad: float = 0.0):
     """One pass; trains when an optimizer is given. Returns (mean loss, accuracy, logits, labels).
     ``distill(x, logits, targets) -> loss`` replaces ``loss_fn`` while training (knowledge distillation);
-    evaluation passes always report ``loss_fn``, so early stopping compares like with like."""
+    evaluation passes always report ``loss_fn``, so early stopping compares like with like. ``clip_grad`` > 0:
+    the gradient norm is clipped to it before each step."""
     import torch
     from tqdm import tqdm
 
@@ -214,6 +215,8 @@ def run_epoch(model, loader, loss_fn, binary: bool, optimizer=None, freeze_bn: b
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
                 optimizer.step()
             total_loss += loss.detach().item() * len(y)
             outputs.append(logits.detach().numpy())
