@@ -143,8 +143,8 @@ class ExportJob:
         available = min(size, len(table.indices("train")))
         if available < MIN_RECOMMENDED_SAMPLES and not self._warned:
             self._warned = True
-            log.warning("calibrating on %d images; %d or more give steadier INT8 ranges", available,
-                        MIN_RECOMMENDED_SAMPLES)
+            log.warning("calibrating on %d %s; %d or more give steadier INT8 ranges", available,
+                        self.spec.samples, MIN_RECOMMENDED_SAMPLES)
         audit = CalibrationAudit(source=source)
         return calibration_batches(table, self.spec, size, min(cfg.calib_batch, size), cfg.seed, audit), audit
 

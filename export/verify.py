@@ -136,13 +136,13 @@ def verify(models: list[Path], reference_checkpoint: Path, data: str, images: in
 
     if labels is not None:
         rows[0].accuracy = float((predictions(reference, ckpt.spec.binary) == labels).mean())
-    return rows, format_rows(rows, len(indices))
+    return rows, format_rows(rows, len(indices), ckpt.spec.samples)
 
 
-def format_rows(rows: list[Row], count: int) -> str:
+def format_rows(rows: list[Row], count: int, samples: str = "images") -> str:
     head = (f"{'model':<34}{'prec':>6}{'max|diff|':>11}{'mean|diff|':>12}{'agree':>8}{'top5':>7}{'acc':>8}"
             f"{'delta pp':>10}  status")
-    lines = [f"verified on {count} held-out test images", head]
+    lines = [f"verified on {count} held-out test {samples}", head]
     for r in rows:
         acc = f"{r.accuracy:.4f}" if r.accuracy is not None else "-"
         delta = f"{r.delta_pp:+.2f}" if r.delta_pp is not None else "-"

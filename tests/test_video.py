@@ -198,6 +198,7 @@ VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")  # Debian open
 def test_clip_models_export_and_verify_on_every_runtime(clip_exported):
     out, fp32, quantized, int8 = clip_exported
     assert fp32.verify_ok and int8.verify_ok, (fp32.failed, int8.failed)
+    assert "held-out test clips" in fp32.verify_table  # messages name what a sample is
     rows = {row.name: row for row in fp32.verify_rows + int8.verify_rows}
     for name in ("model.onnx", "model.xml"):
         assert rows[name].max_abs < 1e-4  # FP32 graphs reproduce PyTorch on real clips

@@ -117,8 +117,8 @@ def _calibrate(fp32, ckpt, data_table, cfg: QuantizeConfig, engine: str):
     wanted = cfg.calib_batches * cfg.batch_size
     table, source = calibration_table(cfg.calib, data_table, wanted, cfg.seed)
     if min(wanted, len(table.indices("train"))) < MIN_RECOMMENDED_SAMPLES:
-        log.warning("calibrating on %d images; %d or more give steadier INT8 ranges",
-                    min(wanted, len(table.indices("train"))), MIN_RECOMMENDED_SAMPLES)
+        log.warning("calibrating on %d %s; %d or more give steadier INT8 ranges",
+                    min(wanted, len(table.indices("train"))), ckpt.spec.samples, MIN_RECOMMENDED_SAMPLES)
     keep = keep_float_modules(fp32, cfg.keep_float)
     prepared = prepare_static(fp32, ckpt.spec, engine, cfg.reduce_range, tuple(keep))
     audit = CalibrationAudit(source=source)

@@ -131,6 +131,11 @@ class ModelSpec:
         return (self.positive or self.labels[1]) if len(self.labels) == 2 else None
 
     @property
+    def samples(self) -> str:
+        """What one input is called in messages: "clips" for clip models, else "images"."""
+        return "clips" if self.task == "clip" else "images"
+
+    @property
     def num_outputs(self) -> int:
         return 1 if self.binary else len(self.labels)
 
