@@ -15,7 +15,7 @@ from collections import deque
 import numpy as np
 
 from edgekit.core.errors import BadInputError
-from edgekit.core.spec import preprocess
+from edgekit.core.spec import frame_spec, preprocess
 from edgekit.edge_apps.apps import Analysis, AppSettings, Classifier, Timer
 from edgekit.edge_apps.smoothing import Smoother
 
@@ -37,7 +37,7 @@ class ClipApp:
                                 f"mobilenet3d`); {spec.arch} classifies single images: use --app classify")
         self.classify, self.timer, self.smoother = Classifier(runtime, timer), timer, smoother
         self.labels, self.every = spec.labels, every
-        self.frame_spec = spec.replace(task="image", layout="NCHW", clip_frames=0, frame_stride=1)
+        self._frames_of, self._frame_spec = None, None  # the running model's spec and its per-frame spec
         self.buffer: deque = deque(maxlen=spec.clip_frames)
         self.seen = 0  # frames analysed
         self.pushed_since = 0  # frames pushed since the last decision
@@ -51,8 +51,11 @@ class ClipApp:
 
     def prepare_frame(self, image: np.ndarray) -> np.ndarray:
         """One frame as the model's (C, H, W) float32 slice of a clip."""
+        spec = self.classify.spec  # a model switched in while running (Classifier.swap) brings its own
+        if spec is not self._frames_of:
+            self._frames_of, self._frame_spec = spec, frame_spec(spec)
         with self.timer("preprocess"):
-            return preprocess(image, self.frame_spec, source_color="BGR")
+            return preprocess(image, self._frame_spec, source_color="BGR")
 
     def analyze(self, image: np.ndarray, t: float, prepared: np.ndarray | None = None) -> tuple[Analysis, list[dict]]:
         spec = self.classify.spec

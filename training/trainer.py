@@ -23,6 +23,7 @@ import numpy as np
 from edgekit.core.spec import ModelSpec
 from edgekit.models.checkpoint import Checkpoint, save_checkpoint, torch_versions
 from edgekit.core import checks
+from edgekit.core.clips import ClipTable
 from edgekit.core.data import SPLIT_KEYS, ImageTable, load_split, split_recipe
 from edgekit.core.errors import BadInputError
 from edgekit.core.metrics import classification_report, default_positive, format_report
@@ -135,7 +136,7 @@ def make_spec(cfg: TrainConfig, table: ImageTable) -> ModelSpec:
     elif cfg.positive is not None:
         raise BadInputError(f"--positive is for two-class data; this data has {len(labels)} classes")
     arch = get_arch(cfg.model)
-    clips = getattr(table, "starts", None) is not None
+    clips = isinstance(table, ClipTable)
     if clips != (arch.task == "clip"):
         raise BadInputError(f"{cfg.model} is {'a clip' if arch.task == 'clip' else 'an image'} model and {cfg.data} "
                             f"holds {'video clips' if clips else 'images'}: "

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekit.core.errors import BadInputError
 from edgekit.core.spec import ModelSpec
+from edgekit.core.clips import ClipTable, is_clip_source, load_clips
 from edgekit.core.data import ImageTable
 
 MIN_RECOMMENDED_SAMPLES = 300
@@ -37,8 +38,7 @@ class CalibrationAudit:
 def calibration_batches(table: ImageTable, spec: ModelSpec, num_samples: int, batch_size: int,
                         seed: int = 0, audit: CalibrationAudit | None = None) -> Iterator[np.ndarray]:
     """Yield up to ``num_samples`` preprocessed training images in batches; fills ``audit`` as it goes."""
-    clips = getattr(table, "starts", None) is not None  # an edgekit.core.clips.ClipTable
-    if clips != (spec.task == "clip"):
+    if isinstance(table, ClipTable) != (spec.task == "clip"):
         raise BadInputError("a clip model calibrates on clips: give labelled videos (--data <label>/*.avi or a "
                             "video,start,end,label CSV)" if spec.task == "clip" else
                             "this image model cannot calibrate on video clips; give images")
@@ -73,7 +73,6 @@ def calibration_batches(table: ImageTable, spec: ModelSpec, num_samples: int, ba
 def calibration_table(calib: str | None, data_table, size: int, seed: int = 0) -> tuple[ImageTable, str]:
     """(table, source): unlabelled images from ``calib`` (a folder, video or CSV: :func:`load_images`, at most
     ``size``) when given, else ``data_table()``, the labelled data's train split."""
-    from edgekit.core.clips import is_clip_source, load_clips
     from edgekit.core.data import load_images
 
     if calib and is_clip_source(calib):  # labelled videos: every segment may calibrate a clip model

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.core.data import (MAX_FRAME_SIDE, SPLITS, VIDEO_SUFFIXES, ImageTable, _class_folders, assign_splits,
-                               data_fingerprint)
+from edgekit.core.data import (SPLITS, VIDEO_SUFFIXES, ImageTable, _class_folders, assign_splits, data_fingerprint,
+                               within_frame_side)
 from edgekit.core.errors import BadInputError
+from edgekit.core.spec import preprocess_clip
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,6 @@ class ClipTable(ImageTable):
 
     def inputs(self, indices, spec) -> np.ndarray:
         """The clips at ``indices`` preprocessed for the clip model ``spec``, as one (N, C, T, H, W) batch."""
-        from edgekit.core.spec import preprocess_clip
-
         return np.stack([preprocess_clip(self.clip(i, spec.clip_frames, spec.frame_stride), spec, self.color)
                          for i in indices])
 
@@ -119,9 +118,7 @@ def read_frames(path: Path, start: int, end: int) -> np.ndarray:
             ok, frame = capture.read()
             if not ok or frame is None:
                 break
-            scale = MAX_FRAME_SIDE / max(frame.shape[:2])
-            if scale < 1:
-                frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            frame = within_frame_side(frame)
             if frames and frame.shape != frames[0].shape:
                 raise BadInputError(f"{path}: frames change size within segment {start}-{end}")
             frames.append(frame)

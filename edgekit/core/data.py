@@ -283,6 +283,14 @@ def _first_column(csv_path: Path) -> str:
         raise BadInputError(f"{csv_path} is not a UTF-8 CSV file ({type(exc).__name__})") from None
 
 
+def within_frame_side(frame: np.ndarray) -> np.ndarray:
+    """A decoded video frame shrunk so that its longer side is at most MAX_FRAME_SIDE (kept as it is if smaller)."""
+    import cv2
+
+    scale = MAX_FRAME_SIDE / max(frame.shape[:2])
+    return cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frame
+
+
 def _video_frames(path: Path, limit: int) -> np.ndarray:
     """Up to ``limit`` (0: 300) evenly spaced frames of a video, the longer side at most MAX_FRAME_SIDE."""
     import cv2
@@ -300,10 +308,7 @@ def _video_frames(path: Path, limit: int) -> np.ndarray:
             if not ok:
                 break
             if index % step == 0 and frame is not None:
-                scale = MAX_FRAME_SIDE / max(frame.shape[:2])
-                if scale < 1:
-                    frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-                frames.append(frame)
+                frames.append(within_frame_side(frame))
             index += 1
     finally:
         capture.release()

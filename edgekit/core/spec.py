@@ -266,8 +266,13 @@ def preprocess_clip(frames, spec: ModelSpec, source_color: str = "BGR") -> np.nd
     frames = list(frames)
     if len(frames) != spec.clip_frames:
         raise BadInputError(f"a clip of this model has {spec.clip_frames} frames, got {len(frames)}")
-    image_spec = spec.replace(task="image", layout="NCHW", clip_frames=0, frame_stride=1)
+    image_spec = frame_spec(spec)
     return np.stack([preprocess(frame, image_spec, source_color) for frame in frames], axis=1)
+
+
+def frame_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec of one frame of a clip model's clip: the same preprocessing, as a (C, H, W) image."""
+    return spec.replace(task="image", layout="NCHW", clip_frames=0, frame_stride=1)
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
